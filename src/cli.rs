@@ -1,0 +1,444 @@
+//! The command line (SPEC §8). Every command but `serve` works on the database file
+//! directly and is safe while a server runs (SQLite serialises the writers).
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, Overrides};
+use crate::error::{Error, Result};
+use crate::job::{Job, JobState, UserAction};
+use crate::spec::{check_header, check_method, check_url, Due, NewJob};
+use crate::store::{accounts, engine, jobs, Store};
+use crate::time::{format_rfc3339, parse_duration_ms};
+
+/// errand: reliable outbound API calls from a single binary and a SQLite file.
+#[derive(Debug, Parser)]
+#[command(name = "errand", version, about, propagate_version = true)]
+pub struct Cli {
+    /// The database file (default ./errand.db, or ERRAND_DB).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+    /// A TOML configuration file (or ERRAND_CONFIG).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the engine and the HTTP API.
+    Serve {
+        /// Address to listen on (default 127.0.0.1:8717, or ERRAND_LISTEN).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Worker threads (default 16).
+        #[arg(long, value_name = "N")]
+        workers: Option<usize>,
+    },
+    /// Add a job; prints its id.
+    Enqueue(EnqueueArgs),
+    /// List jobs, newest first.
+    Jobs {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        account: Option<String>,
+        #[arg(long)]
+        provider: Option<String>,
+        /// How many at most (default 50).
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Only jobs with an id below this one (the next page).
+        #[arg(long, value_name = "ID")]
+        before: Option<i64>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show or act on one job.
+    Job {
+        #[command(subcommand)]
+        action: JobCommand,
+    },
+    /// Pause everything, or one account.
+    Pause {
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Resume everything, or one account.
+    Resume {
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Manage credentials.
+    Credentials {
+        #[command(subcommand)]
+        action: CredentialsCommand,
+    },
+    /// Counts by state and the due backlog.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete rows past the configured retention and expired idempotency keys.
+    Prune,
+    /// Write a consistent copy of the live database to PATH.
+    Backup { path: PathBuf },
+    /// Check the configuration and the database's integrity.
+    Check,
+}
+
+/// One job's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Print the job.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// draft -> approved.
+    Approve { id: String },
+    /// Cancel a draft, approved or retry job.
+    Cancel { id: String },
+    /// Run a job in retry (or held in draft) now.
+    Retry { id: String },
+    /// canceled -> draft, for review.
+    Reopen { id: String },
+}
+
+/// Credential subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CredentialsCommand {
+    /// Store the secret read from standard input for ACCOUNT and PROVIDER.
+    Set {
+        account: String,
+        provider: String,
+        /// The header that carries it (default Authorization).
+        #[arg(long, default_value = "Authorization")]
+        header: String,
+        /// The header value, with {secret} (default "Bearer {secret}").
+        #[arg(long, default_value = "Bearer {secret}")]
+        format: String,
+    },
+}
+
+/// `errand enqueue` flags.
+#[derive(Debug, Args)]
+pub struct EnqueueArgs {
+    #[arg(long)]
+    pub account: String,
+    #[arg(long)]
+    pub url: String,
+    #[arg(long, default_value = "GET")]
+    pub method: String,
+    /// A header 'Name: value' (repeatable).
+    #[arg(long = "header", value_name = "'K: V'")]
+    pub headers: Vec<String>,
+    /// A JSON body (sets Content-Type: application/json).
+    #[arg(long, value_name = "JSON", conflicts_with = "data")]
+    pub json: Option<String>,
+    /// A raw body, or @FILE to read it from a file.
+    #[arg(long, value_name = "DATA")]
+    pub data: Option<String>,
+    #[arg(long)]
+    pub provider: Option<String>,
+    /// Run after this long (e.g. 30s, 5m).
+    #[arg(long)]
+    pub delay: Option<String>,
+    #[arg(long, value_name = "N")]
+    pub max_attempts: Option<i64>,
+    /// Create it as a draft that waits for approval.
+    #[arg(long)]
+    pub draft: bool,
+}
+
+/// What a command printed, and whether it failed (exit 1).
+pub struct Output {
+    pub text: String,
+}
+
+fn parse_id(s: &str) -> Result<i64> {
+    s.parse::<i64>()
+        .map_err(|_| Error::NotFound(format!("job {s:?}")))
+}
+
+fn build_job(a: &EnqueueArgs) -> Result<NewJob> {
+    check_url("--url", &a.url)?;
+    let mut job = NewJob::get(&a.account, &a.url);
+    crate::spec::check_name("--account", &a.account)?;
+    job.method = check_method(&a.method).map_err(|e| match e {
+        Error::Invalid { message, .. } => Error::invalid("--method", message),
+        other => other,
+    })?;
+    for h in &a.headers {
+        let (k, v) = h
+            .split_once(':')
+            .ok_or_else(|| Error::invalid("--header", format!("{h:?} is not 'Name: value'")))?;
+        let (k, v) = (k.trim(), v.trim());
+        check_header(k, v)
+            .map_err(|_| Error::invalid("--header", format!("{h:?} is not a valid header")))?;
+        job.headers.push((k.to_string(), v.to_string()));
+    }
+    if let Some(j) = &a.json {
+        let v: Value = serde_json::from_str(j)
+            .map_err(|e| Error::invalid("--json", format!("is not valid JSON: {e}")))?;
+        job.body = Some(serde_json::to_vec(&v).unwrap_or_default());
+        if !job
+            .headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+        {
+            job.headers
+                .push(("Content-Type".into(), "application/json".into()));
+        }
+    }
+    if let Some(d) = &a.data {
+        job.body = Some(match d.strip_prefix('@') {
+            Some(path) => std::fs::read(path)
+                .map_err(|e| Error::invalid("--data", format!("cannot read {path}: {e}")))?,
+            None => d.as_bytes().to_vec(),
+        });
+    }
+    if let Some(p) = &a.provider {
+        crate::spec::check_name("--provider", p)?;
+        job.provider = p.clone();
+    }
+    if let Some(d) = &a.delay {
+        job.due = Due::After(parse_duration_ms("--delay", d)?);
+    }
+    if let Some(n) = a.max_attempts {
+        if !(1..=1000).contains(&n) {
+            return Err(Error::invalid("--max-attempts", "must be from 1 to 1000"));
+        }
+        job.max_attempts = Some(n);
+    }
+    if a.draft {
+        job.state = JobState::Draft;
+    }
+    Ok(job)
+}
+
+fn job_line(j: &Job) -> String {
+    format!(
+        "{:>8}  {:<9}  {:>3}  {:<12}  {:<12}  {} {}",
+        j.id,
+        j.state.as_str(),
+        j.attempts,
+        j.account,
+        j.provider,
+        j.method,
+        j.url
+    )
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// Runs every command but `serve`.
+pub fn run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Output> {
+    let flags = Overrides {
+        config: cli.config.clone(),
+        db: cli.db.clone(),
+        ..Default::default()
+    };
+    let config = Config::load(&flags, env)?;
+    let now = SystemClock.now_ms();
+    let open = || Store::open(&config.db, config.synchronous);
+    let text = match &cli.command {
+        Command::Serve { .. } => return Err(Error::invalid("serve", "handled by main")),
+        Command::Enqueue(a) => {
+            let job = build_job(a)?;
+            let store = open()?;
+            let ins = store.write(|tx| jobs::insert(tx, &job, now))?;
+            ins.id.to_string()
+        }
+        Command::Jobs {
+            state,
+            account,
+            provider,
+            limit,
+            before,
+            json,
+        } => {
+            let filter = jobs::JobFilter {
+                state: state.as_deref().map(str::parse).transpose()?,
+                account: account.clone(),
+                provider: provider.clone(),
+                since: None,
+            };
+            let store = open()?;
+            let list = jobs::list(&*store.read()?, &filter, *before, *limit)?;
+            if *json {
+                pretty(&Value::Array(list.iter().map(Job::to_json).collect()))
+            } else {
+                let mut out = format!(
+                    "{:>8}  {:<9}  {:>3}  {:<12}  {:<12}  REQUEST",
+                    "ID", "STATE", "TRY", "ACCOUNT", "PROVIDER"
+                );
+                for j in &list {
+                    out.push('\n');
+                    out.push_str(&job_line(j));
+                }
+                out
+            }
+        }
+        Command::Job { action } => {
+            let store = open()?;
+            let (id, act) = match action {
+                JobCommand::Show { id, json } => {
+                    let job = jobs::get(&*store.read()?, parse_id(id)?)?;
+                    let attempts = crate::store::attempts::list_json(&*store.read()?, job.id)?;
+                    let mut v = job.to_json();
+                    v["attempt_log"] = Value::Array(attempts);
+                    return Ok(Output {
+                        text: if *json { pretty(&v) } else { show_text(&job) },
+                    });
+                }
+                JobCommand::Approve { id } => (id, UserAction::Approve),
+                JobCommand::Cancel { id } => (id, UserAction::Cancel),
+                JobCommand::Retry { id } => (id, UserAction::Retry),
+                JobCommand::Reopen { id } => (id, UserAction::Reopen),
+            };
+            let id = parse_id(id)?;
+            let job = store.write(|tx| jobs::user_action(tx, id, act, now))?;
+            format!("job {} is {}", job.id, job.state)
+        }
+        Command::Pause { account } | Command::Resume { account } => {
+            let paused = matches!(cli.command, Command::Pause { .. });
+            let store = open()?;
+            store.write(|tx| match account {
+                Some(a) => accounts::set_paused(tx, a, paused, now),
+                None => accounts::set_global_pause(tx, paused),
+            })?;
+            let what = account
+                .as_deref()
+                .map_or("everything".to_string(), |a| format!("account {a}"));
+            format!("{} {what}", if paused { "paused" } else { "resumed" })
+        }
+        Command::Credentials {
+            action:
+                CredentialsCommand::Set {
+                    account,
+                    provider,
+                    header,
+                    format,
+                },
+        } => {
+            let mut secret = String::new();
+            std::io::stdin().read_to_string(&mut secret)?;
+            let secret = secret.trim_end_matches(['\n', '\r']);
+            let store = open()?;
+            store.write(|tx| {
+                accounts::put_credential(tx, account, provider, secret, header, format, now)
+            })?;
+            format!("credential stored for {account}/{provider}")
+        }
+        Command::Stats { json } => {
+            let store = open()?;
+            let conn = store.read()?;
+            let counts = jobs::count_by_state(&conn)?;
+            let (backlog, oldest) = engine::due_backlog(&conn, now)?;
+            let mut by_state = serde_json::Map::new();
+            for s in JobState::ALL {
+                let n = counts
+                    .iter()
+                    .find(|(st, _)| *st == s)
+                    .map_or(0, |(_, n)| *n);
+                by_state.insert(s.as_str().into(), n.into());
+            }
+            let v = json!({
+                "jobs": by_state,
+                "due_backlog": backlog,
+                "oldest_due_seconds": oldest.map(|t| ((now - t).max(0)) as f64 / 1000.0),
+                "paused": accounts::global_paused(&conn)?,
+            });
+            if *json {
+                pretty(&v)
+            } else {
+                let mut out = String::new();
+                for s in JobState::ALL {
+                    out.push_str(&format!("{:<10} {}\n", s.as_str(), v["jobs"][s.as_str()]));
+                }
+                out.push_str(&format!("due now    {backlog}"));
+                out
+            }
+        }
+        Command::Prune => {
+            let store = open()?;
+            let day = 86_400_000;
+            let (a, j) = store.write(|tx| {
+                engine::prune(
+                    tx,
+                    config.retention_attempts_days.map(|d| now - d * day),
+                    config.retention_jobs_days.map(|d| now - d * day),
+                    now - day,
+                )
+            })?;
+            format!("pruned {j} finished jobs and {a} attempt rows")
+        }
+        Command::Backup { path } => {
+            if path.exists() {
+                return Err(Error::invalid(
+                    "PATH",
+                    format!("{} exists; name a new file", path.display()),
+                ));
+            }
+            let store = open()?;
+            store.backup_to(path)?;
+            format!("backup written to {}", path.display())
+        }
+        Command::Check => {
+            let store = open()?;
+            let problems = store.integrity_check()?;
+            if !problems.is_empty() {
+                return Err(Error::Database {
+                    path: config.db.display().to_string(),
+                    reason: format!("integrity check failed: {}", problems.join("; ")),
+                });
+            }
+            format!(
+                "ok: configuration valid, database {} sound (schema {})",
+                config.db.display(),
+                crate::store::SCHEMA_VERSION
+            )
+        }
+    };
+    Ok(Output { text })
+}
+
+fn show_text(j: &Job) -> String {
+    let mut out = format!(
+        "job {}\n  state     {}\n  account   {}\n  provider  {}\n  request   {} {}\n  attempts  {}\n  run_at    {}\n  created   {}",
+        j.id,
+        j.state,
+        j.account,
+        j.provider,
+        j.method,
+        j.url,
+        j.attempts,
+        format_rfc3339(j.run_at),
+        format_rfc3339(j.created_at)
+    );
+    if let Some(e) = &j.last_error {
+        out.push_str(&format!(
+            "\n  error     {} ({}): {}",
+            e.category, e.reason, e.message
+        ));
+    }
+    if let Some(r) = &j.result {
+        out.push_str(&format!(
+            "\n  result    HTTP {} ({} bytes)",
+            r.status,
+            r.body.len()
+        ));
+    }
+    out
+}

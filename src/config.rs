@@ -1,0 +1,621 @@
+//! Configuration: the TOML file, `ERRAND_*` environment overrides and command-line flags,
+//! parsed once and validated into a [`Config`] that cannot hold a bad value.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::backoff::Backoff;
+use crate::error::{Error, Result};
+use crate::store::Synchronous;
+
+/// Where errand listens by default (contract).
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8717";
+/// The database file used when none is named (contract).
+pub const DEFAULT_DB: &str = "errand.db";
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    db: Option<PathBuf>,
+    listen: Option<String>,
+    api_token: Option<String>,
+    workers: Option<usize>,
+    synchronous: Option<String>,
+    lease_ms: Option<i64>,
+    shutdown_grace_ms: Option<u64>,
+    max_request_bytes: Option<u64>,
+    response_body_cap: Option<usize>,
+    notify_url: Option<String>,
+    triage_url: Option<String>,
+    scheduler: Option<RawScheduler>,
+    retention: Option<RawRetention>,
+    alerts: Option<Alerts>,
+    #[serde(default)]
+    providers: BTreeMap<String, RawProvider>,
+    #[serde(default)]
+    channels: BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScheduler {
+    tick_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    attempts_days: Option<i64>,
+    jobs_days: Option<i64>,
+}
+
+/// Alert thresholds (SPEC §7); each is off when absent.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Alerts {
+    pub max_due_backlog: Option<i64>,
+    pub max_oldest_due_s: Option<i64>,
+    pub max_failure_ratio: Option<f64>,
+    pub window_s: Option<i64>,
+}
+
+/// `base_url = "https://..."` or a list of them.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProvider {
+    base_url: Option<OneOrMany>,
+    requires_credential: Option<bool>,
+    timeout_ms: Option<i64>,
+    max_attempts: Option<i64>,
+    backoff: Option<Backoff>,
+    on_unclassified: Option<String>,
+    on_timeout: Option<String>,
+    rate_limit: Option<RateLimit>,
+    max_concurrency: Option<usize>,
+    circuit_breaker: Option<CircuitBreaker>,
+    retry_hint_header: Option<String>,
+    #[serde(default)]
+    rules: Vec<RawRule>,
+}
+
+/// A token bucket: `per_second` refill, `burst` capacity, optionally one per account.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimit {
+    pub per_second: f64,
+    pub burst: Option<f64>,
+    #[serde(default)]
+    pub per_account: bool,
+}
+
+/// Opens the circuit when the failure ratio of the last `min_calls` crosses `failure_ratio`.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CircuitBreaker {
+    pub failure_ratio: f64,
+    pub min_calls: usize,
+    pub open_s: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    status: Option<Vec<u16>>,
+    json: Option<RawJsonMatch>,
+    body_contains: Option<String>,
+    header: Option<RawHeaderMatch>,
+    category: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJsonMatch {
+    pointer: String,
+    equals: Vec<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeaderMatch {
+    name: String,
+    equals: Option<Vec<String>>,
+}
+
+/// What to do with an outcome a policy can route two ways.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnOutcome {
+    /// Hold the job in `draft` for a person.
+    #[default]
+    Hold,
+    /// Schedule another attempt with backoff.
+    Retry,
+}
+
+/// A classification rule: every condition given must match.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub status: Option<Vec<u16>>,
+    pub json_pointer: Option<(String, Vec<Value>)>,
+    pub body_contains: Option<String>,
+    pub header: Option<(String, Option<Vec<String>>)>,
+    pub category: crate::store::attempts::Outcome,
+}
+
+/// A provider's policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Provider {
+    pub base_urls: Vec<String>,
+    pub requires_credential: bool,
+    pub timeout_ms: Option<i64>,
+    pub max_attempts: Option<i64>,
+    pub backoff: Option<Backoff>,
+    pub on_unclassified: OnOutcome,
+    /// What an ambiguous timeout does: retry (default) or hold.
+    pub on_timeout: OnOutcome,
+    pub rate_limit: Option<RateLimit>,
+    pub max_concurrency: Option<usize>,
+    pub circuit_breaker: Option<CircuitBreaker>,
+    pub retry_hint_header: Option<String>,
+    pub rules: Vec<Rule>,
+}
+
+impl Default for Provider {
+    /// Any URL, no credential required, unclassified answers held, ambiguous timeouts
+    /// retried (safe when the provider honours the Idempotency-Key), no limits.
+    fn default() -> Provider {
+        Provider {
+            base_urls: Vec::new(),
+            requires_credential: false,
+            timeout_ms: None,
+            max_attempts: None,
+            backoff: None,
+            on_unclassified: OnOutcome::Hold,
+            on_timeout: OnOutcome::Retry,
+            rate_limit: None,
+            max_concurrency: None,
+            circuit_breaker: None,
+            retry_hint_header: None,
+            rules: Vec::new(),
+        }
+    }
+}
+
+impl Provider {
+    /// True when `url` is allowed by the provider's base URL allowlist (empty = any).
+    pub fn allows(&self, url: &str) -> bool {
+        self.base_urls.is_empty() || self.base_urls.iter().any(|b| url.starts_with(b.as_str()))
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub db: PathBuf,
+    pub listen: String,
+    pub api_token: Option<String>,
+    pub workers: usize,
+    pub synchronous: Synchronous,
+    pub tick_ms: u64,
+    pub lease_ms: i64,
+    pub shutdown_grace_ms: u64,
+    pub max_request_bytes: u64,
+    pub response_body_cap: usize,
+    pub notify_url: Option<String>,
+    pub triage_url: Option<String>,
+    pub retention_attempts_days: Option<i64>,
+    pub retention_jobs_days: Option<i64>,
+    pub alerts: Alerts,
+    pub providers: BTreeMap<String, Provider>,
+    /// Channel payload schemas, as given (validated by the channels module).
+    pub channels: BTreeMap<String, Value>,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            db: PathBuf::from(DEFAULT_DB),
+            listen: DEFAULT_LISTEN.to_string(),
+            api_token: None,
+            workers: 16,
+            synchronous: Synchronous::Normal,
+            tick_ms: 1000,
+            lease_ms: 60_000,
+            shutdown_grace_ms: 30_000,
+            max_request_bytes: 5 * 1024 * 1024,
+            response_body_cap: 1024 * 1024,
+            notify_url: None,
+            triage_url: None,
+            retention_attempts_days: None,
+            retention_jobs_days: None,
+            alerts: Alerts::default(),
+            providers: BTreeMap::new(),
+            channels: BTreeMap::new(),
+        }
+    }
+}
+
+/// Command-line values that override the file and the environment.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub db: Option<PathBuf>,
+    pub listen: Option<String>,
+    pub workers: Option<usize>,
+}
+
+fn bad(key: &str, reason: impl Into<String>) -> Error {
+    Error::Config {
+        key: key.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Loads the configuration: the file (`--config`, else `ERRAND_CONFIG`, else none),
+    /// then `ERRAND_*` variables from `env`, then the flags.
+    pub fn load(flags: &Overrides, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
+        let path = flags
+            .config
+            .clone()
+            .or_else(|| env("ERRAND_CONFIG").map(PathBuf::from));
+        let raw = match &path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    bad(
+                        "config",
+                        format!(
+                            "cannot read {}: {e}; check --config / ERRAND_CONFIG",
+                            p.display()
+                        ),
+                    )
+                })?;
+                Config::parse_toml(&text, p)?
+            }
+            None => RawConfig::default(),
+        };
+        let mut cfg = Config::from_raw(raw)?;
+        if let Some(v) = env("ERRAND_DB") {
+            cfg.db = PathBuf::from(v);
+        }
+        if let Some(v) = env("ERRAND_LISTEN") {
+            cfg.listen = v;
+        }
+        if let Some(v) = env("ERRAND_API_TOKEN") {
+            cfg.api_token = Some(v).filter(|t| !t.is_empty());
+        }
+        if let Some(v) = env("ERRAND_WORKERS") {
+            cfg.workers = v
+                .parse()
+                .ok()
+                .filter(|n| (1..=1024).contains(n))
+                .ok_or_else(|| bad("ERRAND_WORKERS", "must be a whole number from 1 to 1024"))?;
+        }
+        if let Some(v) = &flags.db {
+            cfg.db = v.clone();
+        }
+        if let Some(v) = &flags.listen {
+            cfg.listen = v.clone();
+        }
+        if let Some(v) = flags.workers {
+            if !(1..=1024).contains(&v) {
+                return Err(bad("--workers", "must be from 1 to 1024"));
+            }
+            cfg.workers = v;
+        }
+        if cfg.api_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(bad("api_token", "must be at least 16 characters"));
+        }
+        Ok(cfg)
+    }
+
+    fn parse_toml(text: &str, path: &Path) -> Result<RawConfig> {
+        toml::from_str::<RawConfig>(text).map_err(|e| {
+            let msg = e.message().to_string();
+            let key = e
+                .span()
+                .and_then(|s| text.get(s))
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty() && s.len() < 80)
+                .unwrap_or_else(|| path.display().to_string());
+            bad(&key, msg)
+        })
+    }
+
+    /// Parses a configuration from TOML text (for tests and `errand check`).
+    pub fn from_toml(text: &str) -> Result<Config> {
+        Config::from_raw(Config::parse_toml(text, Path::new("config"))?)
+    }
+
+    fn from_raw(raw: RawConfig) -> Result<Config> {
+        let d = Config::default();
+        let synchronous = match raw.synchronous.as_deref() {
+            None | Some("normal") | Some("NORMAL") => Synchronous::Normal,
+            Some("full") | Some("FULL") => Synchronous::Full,
+            Some(_) => return Err(bad("synchronous", "must be \"normal\" or \"full\"")),
+        };
+        let workers = raw.workers.unwrap_or(d.workers);
+        if !(1..=1024).contains(&workers) {
+            return Err(bad("workers", "must be from 1 to 1024"));
+        }
+        let tick_ms = raw.scheduler.and_then(|s| s.tick_ms).unwrap_or(d.tick_ms);
+        if !(10..=60_000).contains(&tick_ms) {
+            return Err(bad("scheduler.tick_ms", "must be from 10 to 60000"));
+        }
+        let lease_ms = raw.lease_ms.unwrap_or(d.lease_ms);
+        if !(1000..=3_600_000).contains(&lease_ms) {
+            return Err(bad("lease_ms", "must be from 1000 to 3600000"));
+        }
+        for (key, url) in [
+            ("notify_url", &raw.notify_url),
+            ("triage_url", &raw.triage_url),
+        ] {
+            if let Some(u) = url {
+                crate::spec::check_url(key, u).map_err(|e| bad(key, e.to_string()))?;
+            }
+        }
+        let retention = raw.retention.unwrap_or_default();
+        for (key, v) in [
+            ("retention.attempts_days", retention.attempts_days),
+            ("retention.jobs_days", retention.jobs_days),
+        ] {
+            if v.is_some_and(|n| n < 1) {
+                return Err(bad(key, "must be at least 1 day"));
+            }
+        }
+        let alerts = raw.alerts.unwrap_or_default();
+        if alerts
+            .max_failure_ratio
+            .is_some_and(|r| !(0.0..=1.0).contains(&r))
+        {
+            return Err(bad("alerts.max_failure_ratio", "must be between 0 and 1"));
+        }
+        let mut providers = BTreeMap::new();
+        for (name, p) in raw.providers {
+            providers.insert(name.clone(), provider(&name, p)?);
+        }
+        let mut channels = BTreeMap::new();
+        for (name, c) in raw.channels {
+            let v = serde_json::to_value(&c)
+                .map_err(|e| bad(&format!("channels.{name}"), e.to_string()))?;
+            channels.insert(name, v);
+        }
+        Ok(Config {
+            db: raw.db.unwrap_or(d.db),
+            listen: raw.listen.unwrap_or(d.listen),
+            api_token: raw.api_token.filter(|t| !t.is_empty()),
+            workers,
+            synchronous,
+            tick_ms,
+            lease_ms,
+            shutdown_grace_ms: raw.shutdown_grace_ms.unwrap_or(d.shutdown_grace_ms),
+            max_request_bytes: raw.max_request_bytes.unwrap_or(d.max_request_bytes),
+            response_body_cap: raw.response_body_cap.unwrap_or(d.response_body_cap),
+            notify_url: raw.notify_url,
+            triage_url: raw.triage_url,
+            retention_attempts_days: retention.attempts_days,
+            retention_jobs_days: retention.jobs_days,
+            alerts,
+            providers,
+            channels,
+        })
+    }
+
+    /// The policy of `name`: its section, or all defaults.
+    pub fn provider(&self, name: &str) -> Provider {
+        self.providers.get(name).cloned().unwrap_or_default()
+    }
+}
+
+fn on_outcome(key: &str, v: Option<String>, default: OnOutcome) -> Result<OnOutcome> {
+    match v.as_deref() {
+        None => Ok(default),
+        Some("hold") => Ok(OnOutcome::Hold),
+        Some("retry") => Ok(OnOutcome::Retry),
+        Some(_) => Err(bad(key, "must be \"hold\" or \"retry\"")),
+    }
+}
+
+fn provider(name: &str, p: RawProvider) -> Result<Provider> {
+    let key = |k: &str| format!("providers.{name}.{k}");
+    let base_urls = p.base_url.map(OneOrMany::into_vec).unwrap_or_default();
+    for u in &base_urls {
+        crate::spec::check_url(&key("base_url"), u)
+            .map_err(|e| bad(&key("base_url"), e.to_string()))?;
+    }
+    if p.timeout_ms.is_some_and(|t| !(1..=600_000).contains(&t)) {
+        return Err(bad(&key("timeout_ms"), "must be from 1 to 600000"));
+    }
+    if p.max_attempts.is_some_and(|t| !(1..=1000).contains(&t)) {
+        return Err(bad(&key("max_attempts"), "must be from 1 to 1000"));
+    }
+    if let Some(b) = &p.backoff {
+        b.validate(&key("backoff"))
+            .map_err(|e| bad(&key("backoff"), e.to_string()))?;
+    }
+    if let Some(r) = &p.rate_limit {
+        if !(r.per_second > 0.0 && r.per_second.is_finite()) || r.burst.is_some_and(|b| b < 1.0) {
+            return Err(bad(
+                &key("rate_limit"),
+                "per_second must be > 0 and burst >= 1",
+            ));
+        }
+    }
+    if p.max_concurrency == Some(0) {
+        return Err(bad(&key("max_concurrency"), "must be at least 1"));
+    }
+    if let Some(c) = &p.circuit_breaker {
+        if !(0.0..=1.0).contains(&c.failure_ratio) || c.min_calls == 0 || c.open_s == 0 {
+            return Err(bad(
+                &key("circuit_breaker"),
+                "failure_ratio in 0..1, min_calls >= 1, open_s >= 1",
+            ));
+        }
+    }
+    let mut rules = Vec::new();
+    for (i, r) in p.rules.into_iter().enumerate() {
+        let rkey = format!("providers.{name}.rules[{i}]");
+        let category = crate::store::attempts::Outcome::parse(&r.category)
+            .filter(|o| *o != crate::store::attempts::Outcome::Lost)
+            .ok_or_else(|| {
+                bad(
+                    &format!("{rkey}.category"),
+                    "must be success, unavailable, unauthorized, forbidden or unclassified",
+                )
+            })?;
+        if r.status.is_none() && r.json.is_none() && r.body_contains.is_none() && r.header.is_none()
+        {
+            return Err(bad(
+                &rkey,
+                "needs at least one of status, json, body_contains, header",
+            ));
+        }
+        let json_pointer = match r.json {
+            None => None,
+            Some(j) => {
+                if !j.pointer.is_empty() && !j.pointer.starts_with('/') {
+                    return Err(bad(
+                        &format!("{rkey}.json.pointer"),
+                        "must start with '/' (a JSON pointer)",
+                    ));
+                }
+                let vals = j
+                    .equals
+                    .iter()
+                    .map(|v| serde_json::to_value(v).unwrap_or(Value::Null))
+                    .collect();
+                Some((j.pointer, vals))
+            }
+        };
+        rules.push(Rule {
+            status: r.status,
+            json_pointer,
+            body_contains: r.body_contains,
+            header: r.header.map(|h| (h.name, h.equals)),
+            category,
+        });
+    }
+    Ok(Provider {
+        base_urls,
+        requires_credential: p.requires_credential.unwrap_or(false),
+        timeout_ms: p.timeout_ms,
+        max_attempts: p.max_attempts,
+        backoff: p.backoff,
+        on_unclassified: on_outcome(&key("on_unclassified"), p.on_unclassified, OnOutcome::Hold)?,
+        on_timeout: on_outcome(&key("on_timeout"), p.on_timeout, OnOutcome::Retry)?,
+        rate_limit: p.rate_limit,
+        max_concurrency: p.max_concurrency,
+        circuit_breaker: p.circuit_breaker,
+        retry_hint_header: p.retry_hint_header,
+        rules,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPEC_EXAMPLE: &str = r#"
+api_token = "0123456789abcdef0123"
+workers = 16
+notify_url = "http://127.0.0.1:3000/errand-notifications"
+
+[alerts]
+max_due_backlog = 1000
+max_oldest_due_s = 300
+max_failure_ratio = 0.5
+window_s = 300
+
+[providers.twitter]
+base_url = "https://api.twitter.com/"
+requires_credential = true
+timeout_ms = 10000
+max_attempts = 10
+backoff = { initial_ms = 1000, multiplier = 2.0, max_ms = 600000 }
+on_unclassified = "hold"
+on_timeout = "retry"
+rate_limit = { per_second = 5.0, burst = 10, per_account = true }
+max_concurrency = 4
+circuit_breaker = { failure_ratio = 0.5, min_calls = 20, open_s = 30 }
+
+[[providers.twitter.rules]]
+status = [403]
+json = { pointer = "/errors/0/code", equals = [187] }
+category = "forbidden"
+
+[channels.email]
+schema = { required = ["to", "subject"], properties = { to = "string", subject = "string" } }
+"#;
+
+    #[test]
+    fn the_spec_example_parses() {
+        let c = Config::from_toml(SPEC_EXAMPLE).unwrap();
+        let t = c.provider("twitter");
+        assert!(t.requires_credential);
+        assert_eq!(t.max_attempts, Some(10));
+        assert_eq!(t.rules.len(), 1);
+        assert_eq!(c.alerts.max_due_backlog, Some(1000));
+        assert!(c.channels.contains_key("email"));
+        assert_eq!(c.provider("other").on_timeout, OnOutcome::Retry);
+    }
+
+    #[test]
+    fn a_bad_file_names_the_key() {
+        for (text, key) in [
+            ("workers = 0", "workers"),
+            ("wrokers = 3", "wrokers"),
+            (
+                "[providers.x]\nmax_attempts = 0",
+                "providers.x.max_attempts",
+            ),
+            (
+                "[providers.x]\non_unclassified = \"maybe\"",
+                "providers.x.on_unclassified",
+            ),
+            (
+                "[[providers.x.rules]]\ncategory = \"nope\"\nstatus = [400]",
+                "providers.x.rules[0].category",
+            ),
+            ("synchronous = \"sometimes\"", "synchronous"),
+        ] {
+            let e = Config::from_toml(text).unwrap_err().to_string();
+            assert!(e.contains(key), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn env_and_flags_override_the_file() {
+        let env = |k: &str| match k {
+            "ERRAND_DB" => Some("/tmp/env.db".to_string()),
+            "ERRAND_LISTEN" => Some("127.0.0.1:1".to_string()),
+            "ERRAND_API_TOKEN" => Some("a-long-enough-token".to_string()),
+            _ => None,
+        };
+        let flags = Overrides {
+            listen: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        };
+        let c = Config::load(&flags, &env).unwrap();
+        assert_eq!(c.db, PathBuf::from("/tmp/env.db"));
+        assert_eq!(c.listen, "127.0.0.1:2");
+        assert_eq!(c.api_token.as_deref(), Some("a-long-enough-token"));
+    }
+}

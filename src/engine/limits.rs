@@ -1,0 +1,249 @@
+//! Per-provider admission in memory: max concurrency, a token-bucket rate limit
+//! (optionally one bucket per account) and a circuit breaker. The scheduler asks before
+//! it claims; the worker reports each finished attempt.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use crate::config::{Config, Provider};
+use crate::store::attempts::Outcome;
+
+/// A circuit state change, turned into a notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitEvent {
+    Opened,
+    Closed,
+}
+
+#[derive(Debug, Default)]
+struct Bucket {
+    tokens: f64,
+    at_ms: i64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    running: usize,
+    buckets: HashMap<String, Bucket>,
+    window: VecDeque<bool>,
+    open_until: Option<i64>,
+    probing: bool,
+}
+
+/// Admission state of every provider.
+#[derive(Debug)]
+pub struct Limits {
+    config: Arc<Config>,
+    states: Mutex<HashMap<String, State>>,
+}
+
+/// What the admin page and metrics show of a provider's circuit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Circuit {
+    Closed,
+    Open { until_ms: i64 },
+    HalfOpen,
+}
+
+impl Limits {
+    /// Limits for the providers of `config`.
+    pub fn new(config: Arc<Config>) -> Limits {
+        Limits {
+            config,
+            states: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn limited(p: &Provider) -> bool {
+        p.rate_limit.is_some() || p.max_concurrency.is_some() || p.circuit_breaker.is_some()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, State>> {
+        self.states.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Providers none of whose jobs may start now (circuit open, concurrency full); the
+    /// scheduler leaves them out of its claim.
+    pub fn blocked_providers(&self, now: i64) -> Vec<String> {
+        let states = self.lock();
+        self.config
+            .providers
+            .iter()
+            .filter(|(name, p)| {
+                let Some(s) = states.get(*name) else {
+                    return false;
+                };
+                let open = s.open_until.is_some_and(|u| u > now) || s.probing;
+                let full = p.max_concurrency.is_some_and(|m| s.running >= m);
+                open || full
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// Takes a slot for one job of (provider, account) if the limits allow it now.
+    pub fn admit(&self, provider: &str, account: &str, now: i64) -> bool {
+        let Some(p) = self.config.providers.get(provider) else {
+            return true;
+        };
+        if !Self::limited(p) {
+            return true;
+        }
+        let mut states = self.lock();
+        let s = states.entry(provider.to_string()).or_default();
+        let mut probe = false;
+        if let Some(until) = s.open_until {
+            if until > now || s.probing {
+                return false;
+            }
+            probe = true; // half-open: exactly one probe decides
+        }
+        if p.max_concurrency.is_some_and(|m| s.running >= m) {
+            return false;
+        }
+        if let Some(rl) = p.rate_limit {
+            let key = if rl.per_account { account } else { "" };
+            let burst = rl.burst.unwrap_or(rl.per_second.max(1.0));
+            let b = s.buckets.entry(key.to_string()).or_insert(Bucket {
+                tokens: burst,
+                at_ms: now,
+            });
+            let elapsed = (now - b.at_ms).max(0) as f64 / 1000.0;
+            b.tokens = (b.tokens + elapsed * rl.per_second).min(burst);
+            b.at_ms = now;
+            if b.tokens < 1.0 {
+                return false;
+            }
+            b.tokens -= 1.0;
+        }
+        s.probing = probe;
+        s.running += 1;
+        true
+    }
+
+    /// Gives back a slot taken by [`admit`](Self::admit) for a job that was not run
+    /// (claimed by another process meanwhile, or released).
+    pub fn unadmit(&self, provider: &str) {
+        if let Some(s) = self.lock().get_mut(provider) {
+            s.running = s.running.saturating_sub(1);
+            s.probing = false;
+        }
+    }
+
+    /// Reports a finished attempt; returns a circuit change to notify about.
+    pub fn finish(
+        &self,
+        provider: &str,
+        outcome: Option<Outcome>,
+        now: i64,
+    ) -> Option<CircuitEvent> {
+        let p = self.config.providers.get(provider)?;
+        if !Self::limited(p) {
+            return None;
+        }
+        let mut states = self.lock();
+        let s = states.get_mut(provider)?;
+        s.running = s.running.saturating_sub(1);
+        let (Some(cb), Some(outcome)) = (p.circuit_breaker, outcome) else {
+            s.probing = false;
+            return None;
+        };
+        let failed = matches!(outcome, Outcome::Unavailable | Outcome::Lost);
+        if s.probing {
+            s.probing = false;
+            if failed {
+                s.open_until = Some(now + cb.open_s as i64 * 1000);
+                return None;
+            }
+            s.open_until = None;
+            s.window.clear();
+            return Some(CircuitEvent::Closed);
+        }
+        if s.open_until.is_some() {
+            return None;
+        }
+        s.window.push_back(failed);
+        while s.window.len() > cb.min_calls {
+            s.window.pop_front();
+        }
+        let failures = s.window.iter().filter(|f| **f).count();
+        if s.window.len() >= cb.min_calls
+            && failures as f64 / s.window.len() as f64 >= cb.failure_ratio
+        {
+            s.open_until = Some(now + cb.open_s as i64 * 1000);
+            return Some(CircuitEvent::Opened);
+        }
+        None
+    }
+
+    /// The circuit of `provider` now.
+    pub fn circuit(&self, provider: &str, now: i64) -> Circuit {
+        match self.lock().get(provider) {
+            Some(s) if s.probing => Circuit::HalfOpen,
+            Some(State {
+                open_until: Some(u),
+                ..
+            }) if *u > now => Circuit::Open { until_ms: *u },
+            Some(State {
+                open_until: Some(_),
+                ..
+            }) => Circuit::HalfOpen,
+            _ => Circuit::Closed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(toml: &str) -> Limits {
+        Limits::new(Arc::new(Config::from_toml(toml).unwrap()))
+    }
+
+    #[test]
+    fn concurrency_is_capped() {
+        let l = limits("[providers.p]\nmax_concurrency = 2");
+        assert!(l.admit("p", "a", 0));
+        assert!(l.admit("p", "a", 0));
+        assert!(!l.admit("p", "a", 0));
+        assert_eq!(l.blocked_providers(0), vec!["p".to_string()]);
+        l.finish("p", Some(Outcome::Success), 0);
+        assert!(l.admit("p", "a", 0));
+        assert!(l.admit("other", "a", 0));
+    }
+
+    #[test]
+    fn token_bucket_refills_and_partitions_per_account() {
+        let l = limits(
+            "[providers.p]\nrate_limit = { per_second = 2.0, burst = 2, per_account = true }",
+        );
+        assert!(l.admit("p", "a", 0));
+        assert!(l.admit("p", "a", 0));
+        assert!(!l.admit("p", "a", 0));
+        assert!(l.admit("p", "b", 0), "another account has its own bucket");
+        assert!(l.admit("p", "a", 500), "half a second refills one token");
+        assert!(!l.admit("p", "a", 500));
+    }
+
+    #[test]
+    fn circuit_opens_probes_once_and_closes() {
+        let l = limits(
+            "[providers.p]\ncircuit_breaker = { failure_ratio = 0.5, min_calls = 4, open_s = 10 }",
+        );
+        let mut events = vec![];
+        for i in 0..4 {
+            assert!(l.admit("p", "a", i));
+            events.push(l.finish("p", Some(Outcome::Unavailable), i));
+        }
+        assert_eq!(events.last(), Some(&Some(CircuitEvent::Opened)));
+        assert!(!l.admit("p", "a", 5_000));
+        assert!(l.admit("p", "a", 10_004), "one probe after open_s");
+        assert!(!l.admit("p", "a", 10_005), "only one probe at a time");
+        assert_eq!(
+            l.finish("p", Some(Outcome::Success), 10_010),
+            Some(CircuitEvent::Closed)
+        );
+        assert!(l.admit("p", "a", 10_011));
+    }
+}

@@ -1,0 +1,213 @@
+//! The supervisor: restarts engine threads that died or stalled, keeps this process's
+//! leases fresh, takes back leases of dead processes (the reaper) and prunes old rows.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::decide::decide;
+use super::{scheduler, worker, writer, Shared, Threads};
+use crate::classify::Classified;
+use crate::error::Result;
+use crate::store::attempts::Outcome;
+use crate::store::engine::{self, Finished};
+
+/// How long the scheduler may go without a heartbeat before it is replaced.
+const SCHEDULER_STALL_MS: i64 = 30_000;
+/// How many lost jobs one reaper pass takes back.
+const REAP_BATCH: usize = 500;
+
+pub(super) fn spawn(
+    shared: Arc<Shared>,
+    threads: Arc<Mutex<Threads>>,
+    stop: Arc<AtomicBool>,
+) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("errand-supervisor".into())
+        .spawn(move || run(&shared, &threads, &stop))
+        .unwrap_or_else(|e| panic!("cannot start the supervisor thread: {e}"))
+}
+
+fn run(shared: &Arc<Shared>, threads: &Mutex<Threads>, stop: &AtomicBool) {
+    let lease_every = (shared.config.lease_ms / 3).max(100);
+    let mut last_extend = shared.now();
+    let mut last_reap = i64::MIN;
+    let mut last_prune = i64::MIN;
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+        // The supervisor itself must not die: each duty runs under catch_unwind.
+        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let now = shared.now();
+            if !shared.shutting_down() {
+                check_threads(shared, threads, now);
+            }
+            if now - last_extend >= lease_every {
+                last_extend = now;
+                let until = now + shared.config.lease_ms;
+                if let Err(e) = shared
+                    .store
+                    .write(|tx| engine::extend_leases(tx, &shared.owner, until))
+                {
+                    log::error!("extending leases: {e}");
+                }
+            }
+            if now - last_reap >= 1000 {
+                last_reap = now;
+                if let Err(e) = reap_once(shared, now) {
+                    log::error!("reaper: {e}");
+                }
+            }
+            if now - last_prune >= 3_600_000 {
+                last_prune = now;
+                if let Err(e) = prune_once(shared, now) {
+                    log::error!("pruning: {e}");
+                }
+            }
+        }));
+    }
+}
+
+fn check_threads(shared: &Arc<Shared>, threads: &Mutex<Threads>, now: i64) {
+    let mut t = threads.lock().unwrap_or_else(|p| p.into_inner());
+    let stalled = now - shared.scheduler_beat.last()
+        > SCHEDULER_STALL_MS.max(10 * shared.config.tick_ms as i64);
+    let died = t.scheduler.as_ref().is_some_and(|h| h.is_finished());
+    if died || stalled {
+        log::error!(
+            "scheduler {}; restarting it",
+            if died { "died" } else { "stalled" }
+        );
+        if let Some(h) = t.scheduler.take() {
+            if died {
+                let _ = h.join();
+            }
+        }
+        shared.scheduler_generation.fetch_add(1, Ordering::SeqCst);
+        shared.scheduler_beat.beat(now);
+        t.scheduler = Some(scheduler::spawn(shared.clone()));
+        shared.metrics.restarted();
+    }
+    if t.writer.as_ref().is_some_and(|h| h.is_finished()) {
+        log::error!("writer died; restarting it");
+        if let Some(h) = t.writer.take() {
+            let _ = h.join();
+        }
+        t.writer = Some(writer::spawn(shared.clone()));
+        shared.metrics.restarted();
+    }
+    for (i, slot) in t.workers.iter_mut().enumerate() {
+        if slot.as_ref().is_some_and(|h| h.is_finished()) {
+            log::error!("worker {i} died; restarting it");
+            if let Some(h) = slot.take() {
+                let _ = h.join();
+            }
+            *slot = Some(worker::spawn(shared.clone(), i));
+            shared.metrics.restarted();
+        }
+    }
+}
+
+/// The start time of process `pid` (field 22 of /proc/PID/stat), if it is running.
+pub fn process_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; fields after it follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// True when `owner` names another process on this host that is no longer running.
+fn owner_is_dead(shared: &Shared, owner: &str) -> bool {
+    let mine: Vec<&str> = shared.owner.split(':').collect();
+    let theirs: Vec<&str> = owner.split(':').collect();
+    if theirs.len() != 4 || mine.len() != 4 || theirs[0] != mine[0] || theirs[1] == mine[1] {
+        return false; // another host, or this process: only expiry decides
+    }
+    let Ok(pid) = theirs[1].parse::<u32>() else {
+        return false;
+    };
+    match process_start_time(pid) {
+        None => true,
+        Some(start) => theirs[2].parse::<u64>().is_ok_and(|s| s != start),
+    }
+}
+
+/// One reaper pass at `now`: every running job whose lease expired, or whose owner is a
+/// dead process on this host, is logged as a `lost` attempt (ambiguous: the request may
+/// have been sent) and goes to `retry` with backoff (or is held when out of attempts).
+/// Each update is guarded by state, owner and attempt, so a job that did finish is never
+/// overwritten. Returns how many jobs were taken back.
+pub fn reap_once(shared: &Shared, now: i64) -> Result<usize> {
+    let owners = {
+        let conn = shared.store.read()?;
+        engine::lease_owners(&conn)?
+    };
+    let dead: Vec<String> = owners
+        .into_iter()
+        .filter(|o| owner_is_dead(shared, o))
+        .collect();
+    let lost = {
+        let conn = shared.store.read()?;
+        engine::lost_jobs(&conn, now, &dead, REAP_BATCH)?
+    };
+    if lost.is_empty() {
+        return Ok(0);
+    }
+    let lost_class = Classified {
+        outcome: Outcome::Lost,
+        ambiguous: false,
+        retry_after_ms: None,
+    };
+    let mut taken = 0;
+    shared.store.write(|tx| {
+        for job in &lost {
+            let provider = shared.config.provider(&job.provider);
+            let d = decide(
+                job,
+                &provider,
+                &lost_class,
+                "lease lost",
+                None,
+                None,
+                now,
+                crate::rand::unit(),
+            );
+            let f = Finished {
+                job_id: job.id,
+                account: job.account.clone(),
+                provider: job.provider.clone(),
+                lease_owner: job.lease_owner.clone().unwrap_or_default(),
+                attempt: job.attempts,
+                next: d.next,
+                error: d.error,
+                counted: true,
+                record: Some(engine::lost_record(job, now)),
+                notices: d.notices,
+                triage: None,
+                invalidate_credential: None,
+            };
+            if engine::record(tx, &f, now)? {
+                taken += 1;
+            }
+        }
+        Ok(())
+    })?;
+    if taken > 0 {
+        log::warn!("reaper took back {taken} jobs whose lease was lost");
+        for job in &lost {
+            shared.waiters.notify(job.id);
+        }
+        shared.wake();
+    }
+    Ok(taken)
+}
+
+/// Deletes rows past the configured retention, and incoming idempotency keys past 24 h.
+pub fn prune_once(shared: &Shared, now: i64) -> Result<(usize, usize)> {
+    let day = 86_400_000;
+    let attempts_before = shared.config.retention_attempts_days.map(|d| now - d * day);
+    let jobs_before = shared.config.retention_jobs_days.map(|d| now - d * day);
+    shared
+        .store
+        .write(|tx| engine::prune(tx, attempts_before, jobs_before, now - day))
+}

@@ -1,0 +1,57 @@
+//! Parked waits for a job to change (`Prefer: wait=N`): the writer wakes them after it
+//! commits the job's outcome, so no waiter polls the database in a loop.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+
+/// Waiters keyed by job id.
+#[derive(Debug, Default)]
+pub struct Waiters {
+    map: Mutex<HashMap<i64, Vec<Sender<()>>>>,
+    parked: AtomicUsize,
+}
+
+/// A registration; dropping it unparks.
+pub struct Parked<'a> {
+    waiters: &'a Waiters,
+    pub rx: Receiver<()>,
+}
+
+impl Drop for Parked<'_> {
+    fn drop(&mut self) {
+        self.waiters.parked.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Waiters {
+    /// Registers interest in job `id`, unless `max` waits are already parked.
+    pub fn park(&self, id: i64, max: usize) -> Option<Parked<'_>> {
+        if self.parked.fetch_add(1, Ordering::SeqCst) >= max {
+            self.parked.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        let (tx, rx) = bounded(1);
+        self.lock().entry(id).or_default().push(tx);
+        Some(Parked { waiters: self, rx })
+    }
+
+    /// Wakes everyone waiting on `id`.
+    pub fn notify(&self, id: i64) {
+        let senders = self.lock().remove(&id);
+        for s in senders.into_iter().flatten() {
+            let _ = s.try_send(());
+        }
+    }
+
+    /// How many waits are parked now.
+    pub fn parked(&self) -> usize {
+        self.parked.load(Ordering::SeqCst)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Vec<Sender<()>>>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}

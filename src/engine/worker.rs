@@ -1,0 +1,339 @@
+//! A worker: preflight (no network I/O before it passes) -> execute -> classify ->
+//! decide -> hand the outcome to the writer. Only workers do network I/O.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::RecvTimeoutError;
+
+use super::decide::decide;
+use super::limits::CircuitEvent;
+use super::Shared;
+use crate::classify::{classify, signature};
+use crate::config::Provider;
+use crate::error::Result;
+use crate::http_call::{self, Call, Reply};
+use crate::job::{Job, JobError, JobResult};
+use crate::store::accounts::{self, Credential};
+use crate::store::attempts::{AttemptRecord, Outcome};
+use crate::store::engine::{Finished, Next};
+use crate::store::notes::Notice;
+
+/// The default per-phase timeout of a call.
+pub const DEFAULT_TIMEOUT_MS: i64 = 30_000;
+
+pub(super) fn spawn(shared: Arc<Shared>, index: usize) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(format!("errand-worker-{index}"))
+        .spawn(move || run(&shared))
+        .unwrap_or_else(|e| panic!("cannot start a worker thread: {e}"))
+}
+
+fn run(shared: &Shared) {
+    loop {
+        if shared.faults.panic_worker.swap(false, Ordering::SeqCst) {
+            panic!("injected fault: worker panic");
+        }
+        let job = match shared.job_rx.recv_timeout(Duration::from_millis(100)) {
+            Ok(job) => job,
+            Err(RecvTimeoutError::Timeout) => {
+                if shared.shutting_down() {
+                    return;
+                }
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let id = job.id;
+        let provider = job.provider.clone();
+        let finished = if shared.shutting_down() {
+            shared.limits.unadmit(&provider);
+            release(&job, "errand is shutting down")
+        } else {
+            // A bug in one job must not take the worker (and the job's lease) with it.
+            std::panic::catch_unwind(AssertUnwindSafe(|| execute(shared, &job))).unwrap_or_else(
+                |_| {
+                    log::error!("job {id}: worker panicked; holding the job for review");
+                    shared.limits.unadmit(&provider);
+                    internal_error(&job)
+                },
+            )
+        };
+        shared.writer.finished(finished);
+        shared.outstanding.fetch_sub(1, Ordering::SeqCst);
+        shared.wake();
+    }
+}
+
+fn base(job: &Job, next: Next, error: Option<JobError>, counted: bool) -> Finished {
+    Finished {
+        job_id: job.id,
+        account: job.account.clone(),
+        provider: job.provider.clone(),
+        lease_owner: job.lease_owner.clone().unwrap_or_default(),
+        attempt: job.attempts,
+        next,
+        error,
+        counted,
+        record: None,
+        notices: Vec::new(),
+        triage: None,
+        invalidate_credential: None,
+    }
+}
+
+fn job_error(category: &str, reason: &str, message: &str) -> Option<JobError> {
+    Some(JobError {
+        category: category.to_string(),
+        reason: reason.to_string(),
+        message: message.to_string(),
+    })
+}
+
+/// Puts a claimed job back unchanged: no request was sent, no attempt is counted.
+fn release(job: &Job, why: &str) -> Finished {
+    log::debug!("job {}: released ({why})", job.id);
+    base(job, Next::Release, None, false)
+}
+
+/// Cancels a job at preflight: no request was sent.
+fn refuse(job: &Job, reason: &str, message: &str) -> Finished {
+    base(
+        job,
+        Next::Cancel,
+        job_error("preflight", reason, message),
+        false,
+    )
+}
+
+fn internal_error(job: &Job) -> Finished {
+    let mut f = base(
+        job,
+        Next::Hold,
+        job_error(
+            "unclassified",
+            "internal_error",
+            "errand failed while running this job; see the log",
+        ),
+        false,
+    );
+    f.triage = Some(("internal error".into(), format!("job {}", job.id)));
+    f
+}
+
+/// The preflight checks of SPEC §3.4: Ok(credential) to go ahead, Err(outcome) not to.
+fn preflight(
+    shared: &Shared,
+    job: &Job,
+    provider: &Provider,
+    now: i64,
+) -> Result<Result<Option<Credential>, Finished>> {
+    let conn = shared.store.read()?;
+    let account = accounts::get(&conn, &job.account)?;
+    if accounts::global_paused(&conn)? || account.paused {
+        return Ok(Err(release(job, "paused")));
+    }
+    if account.status == "suspended" {
+        return Ok(Err(refuse(
+            job,
+            "account_suspended",
+            "the account is suspended",
+        )));
+    }
+    if job.expires_at.is_some_and(|t| t <= now) {
+        return Ok(Err(refuse(
+            job,
+            "expired",
+            "the job passed its expires_at before it could run",
+        )));
+    }
+    if !provider.allows(&job.url) {
+        return Ok(Err(refuse(
+            job,
+            "url_not_allowed",
+            "the URL is outside the provider's base_url allowlist",
+        )));
+    }
+    let credential = accounts::credential(&conn, &job.account, &job.provider)?;
+    match &credential {
+        Some(c) if !c.valid => Ok(Err(refuse(
+            job,
+            "credential_invalid",
+            "the account's credential for this provider was refused earlier; store a new secret",
+        ))),
+        None if provider.requires_credential => Ok(Err(refuse(
+            job,
+            "credential_missing",
+            "the provider requires a credential and the account has none; store one",
+        ))),
+        _ => Ok(Ok(credential)),
+    }
+}
+
+fn describe(reply: &Reply) -> String {
+    match reply {
+        Reply::Response { status, .. } => format!("HTTP {status}"),
+        Reply::Transport { kind, message } => format!("{kind:?}: {message}"),
+    }
+}
+
+/// Runs one claimed job to an outcome.
+fn execute(shared: &Shared, job: &Job) -> Finished {
+    let now = shared.now();
+    let provider = shared.config.provider(&job.provider);
+    let credential = match preflight(shared, job, &provider, now) {
+        Ok(Ok(c)) => c,
+        Ok(Err(f)) => {
+            shared.limits.unadmit(&job.provider);
+            return f;
+        }
+        Err(e) => {
+            log::error!("job {}: preflight could not read the database: {e}", job.id);
+            shared.limits.unadmit(&job.provider);
+            return release(job, "database unavailable");
+        }
+    };
+    let mut headers: Vec<(String, String)> = job.headers.clone();
+    if let Some(key) = &job.idempotency_key {
+        if !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("idempotency-key"))
+        {
+            headers.push(("Idempotency-Key".to_string(), key.clone()));
+        }
+    }
+    if let Some(c) = &credential {
+        headers.retain(|(k, _)| !k.eq_ignore_ascii_case(&c.header));
+        headers.push((c.header.clone(), c.header_value()));
+    }
+    let call = Call {
+        method: job.method.clone(),
+        url: job.url.clone(),
+        headers,
+        body: job.body.clone(),
+        timeout_ms: job
+            .timeout_ms
+            .or(provider.timeout_ms)
+            .unwrap_or(DEFAULT_TIMEOUT_MS) as u64,
+        body_cap: shared.config.response_body_cap,
+    };
+    let started_at = shared.now();
+    let (reply, elapsed) = http_call::send(&shared.agent, &call);
+    let done_at = shared.now();
+    let classified = classify(&reply, &provider, done_at);
+    let detail = describe(&reply);
+    let result = match &reply {
+        Reply::Response {
+            status,
+            headers,
+            body,
+            truncated,
+        } => Some(JobResult {
+            status: *status,
+            headers: headers.clone(),
+            body: body.clone(),
+            truncated: *truncated,
+        }),
+        Reply::Transport { .. } => None,
+    };
+    let decision = decide(
+        job,
+        &provider,
+        &classified,
+        &detail,
+        result.clone(),
+        credential.as_ref().map(|c| c.version),
+        done_at,
+        crate::rand::unit(),
+    );
+    let secret = credential.as_ref().map(|c| c.secret.as_str());
+    let cred_header = credential.as_ref().map(|c| c.header.as_str());
+    let record = AttemptRecord {
+        job_id: job.id,
+        attempt: job.attempts,
+        started_at,
+        duration_ms: elapsed.as_millis() as i64,
+        outcome: classified.outcome,
+        ambiguous: classified.ambiguous,
+        request_method: call.method.clone(),
+        request_url: http_call::redact_text(&call.url, secret),
+        request_headers: http_call::redact_headers(&call.headers, cred_header, secret),
+        request_body: call.body.as_ref().map(|b| {
+            http_call::redact_bytes(&b[..b.len().min(shared.config.response_body_cap)], secret)
+        }),
+        response_status: result.as_ref().map(|r| r.status),
+        response_headers: result
+            .as_ref()
+            .map(|r| http_call::redact_headers(&r.headers, None, secret)),
+        response_body: result
+            .as_ref()
+            .map(|r| http_call::redact_bytes(&r.body, secret)),
+        response_truncated: result.as_ref().is_some_and(|r| r.truncated),
+        error: match &reply {
+            Reply::Transport { .. } => Some(http_call::redact_text(&detail, secret)),
+            Reply::Response { .. } => None,
+        },
+    };
+    let mut notices = decision.notices;
+    match shared
+        .limits
+        .finish(&job.provider, Some(classified.outcome), done_at)
+    {
+        Some(CircuitEvent::Opened) => notices.push(Notice {
+            kind: "provider_down",
+            account: None,
+            provider: Some(job.provider.clone()),
+            job_id: None,
+            message: format!(
+                "{} is failing: its circuit is open, its jobs wait",
+                job.provider
+            ),
+            dedupe_key: None,
+        }),
+        Some(CircuitEvent::Closed) => notices.push(Notice {
+            kind: "provider_recovered",
+            account: None,
+            provider: Some(job.provider.clone()),
+            job_id: None,
+            message: format!("{} answers again: its circuit is closed", job.provider),
+            dedupe_key: None,
+        }),
+        None => {}
+    }
+    let triage = decision.triage.then(|| {
+        (
+            signature(&reply),
+            http_call::redact_text(
+                &format!(
+                    "{detail} {}",
+                    String::from_utf8_lossy(
+                        result
+                            .as_ref()
+                            .map(|r| &r.body[..r.body.len().min(500)])
+                            .unwrap_or_default()
+                    )
+                ),
+                secret,
+            ),
+        )
+    });
+    let mut f = base(job, decision.next, decision.error, true);
+    f.record = Some(record);
+    f.notices = notices;
+    f.triage = triage;
+    if decision.invalidate_credential {
+        f.invalidate_credential = credential.as_ref().map(|c| c.version);
+    }
+    if classified.outcome == Outcome::Unauthorized && credential.is_none() {
+        log::info!(
+            "job {}: 401 with no stored credential for {}/{}",
+            job.id,
+            job.account,
+            job.provider
+        );
+    }
+    f
+}

@@ -1,0 +1,182 @@
+//! The writer thread: commits job outcomes and other writes in batches (group commit),
+//! one `BEGIN IMMEDIATE` transaction per batch and a savepoint per item, so one bad item
+//! cannot sink the batch and throughput is not one commit per job.
+
+use std::any::Any;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
+use rusqlite::{Connection, TransactionBehavior};
+
+use super::Shared;
+use crate::error::{Error, Result};
+use crate::store::engine::{self, Finished};
+
+/// The most items committed in one transaction.
+const MAX_BATCH: usize = 1024;
+
+type Boxed = Box<dyn Any + Send>;
+type ExecFn = Box<dyn FnOnce(&Connection) -> Result<Boxed> + Send>;
+
+/// One item for the writer.
+pub enum WriteOp {
+    /// A job's attempt is over.
+    Finished(Box<Finished>),
+    /// Any other write; its result is sent back after the batch commits.
+    Exec(ExecFn, Sender<Result<Boxed>>),
+}
+
+/// The sending side, held by workers and the API.
+#[derive(Clone)]
+pub struct WriterHandle {
+    tx: Sender<WriteOp>,
+}
+
+impl WriterHandle {
+    pub(super) fn new(tx: Sender<WriteOp>) -> WriterHandle {
+        WriterHandle { tx }
+    }
+
+    /// Hands a finished attempt to the writer.
+    pub fn finished(&self, f: Finished) {
+        if self.tx.send(WriteOp::Finished(Box::new(f))).is_err() {
+            log::error!("writer is gone: an outcome will be recovered from its lease");
+        }
+    }
+
+    /// Runs `f` inside the writer's next batch and returns its result once the batch is
+    /// committed: many concurrent callers share one commit.
+    pub fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = bounded(1);
+        let exec: ExecFn = Box::new(move |c| f(c).map(|t| Box::new(t) as Boxed));
+        self.tx
+            .send(WriteOp::Exec(exec, tx))
+            .map_err(|_| Error::ShuttingDown)?;
+        let out = rx.recv().map_err(|_| Error::ShuttingDown)??;
+        out.downcast::<T>()
+            .map(|b| *b)
+            .map_err(|_| Error::ShuttingDown)
+    }
+}
+
+pub(super) fn spawn(shared: Arc<Shared>) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("errand-writer".into())
+        .spawn(move || run(&shared))
+        .unwrap_or_else(|e| panic!("cannot start the writer thread: {e}"))
+}
+
+fn run(shared: &Shared) {
+    let mut retry: Vec<Finished> = Vec::new();
+    loop {
+        shared.writer_beat.beat(shared.now());
+        let mut batch: Vec<WriteOp> = retry
+            .drain(..)
+            .map(|f| WriteOp::Finished(Box::new(f)))
+            .collect();
+        if batch.is_empty() {
+            match shared.write_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(op) => batch.push(op),
+                Err(RecvTimeoutError::Timeout) => {
+                    if shared.writer_stop.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        while batch.len() < MAX_BATCH {
+            match shared.write_rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        if let Err(failed) = commit(shared, batch) {
+            retry = failed;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Commits one batch. On a failed commit the outcomes are handed back to be retried
+/// (their leases are still held) and every other caller gets the error.
+fn commit(shared: &Shared, batch: Vec<WriteOp>) -> std::result::Result<(), Vec<Finished>> {
+    let now = shared.now();
+    let mut finished: Vec<(Box<Finished>, bool)> = Vec::new();
+    let mut replies: Vec<(Sender<Result<Boxed>>, Result<Boxed>)> = Vec::new();
+    let mut conn = shared.store.writer();
+    let result: Result<()> = (|| {
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        for op in batch {
+            let mut sp = tx.savepoint()?;
+            match op {
+                WriteOp::Finished(f) => match engine::record(&sp, &f, now) {
+                    Ok(applied) => {
+                        sp.commit()?;
+                        finished.push((f, applied));
+                    }
+                    Err(e) => {
+                        log::error!("recording the outcome of job {}: {e}", f.job_id);
+                        drop(sp);
+                    }
+                },
+                WriteOp::Exec(f, reply) => match f(&sp) {
+                    Ok(v) => {
+                        sp.commit()?;
+                        replies.push((reply, Ok(v)));
+                    }
+                    Err(e) => {
+                        sp.rollback()?;
+                        drop(sp);
+                        let _ = reply.send(Err(e));
+                    }
+                },
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    })();
+    drop(conn);
+    match result {
+        Ok(()) => {
+            for (f, applied) in &finished {
+                if let Some(rec) = &f.record {
+                    shared
+                        .metrics
+                        .attempt(&f.provider, rec.outcome, rec.duration_ms);
+                }
+                if !applied {
+                    log::warn!(
+                        "job {}: lease lost before its outcome was written; the attempt is logged, the job was taken back",
+                        f.job_id
+                    );
+                }
+                shared.waiters.notify(f.job_id);
+            }
+            for (reply, v) in replies {
+                let _ = reply.send(v);
+            }
+            if !finished.is_empty() {
+                shared.wake();
+            }
+            Ok(())
+        }
+        Err(e) => {
+            log::error!("writer: batch not committed, will retry its outcomes: {e}");
+            for (reply, _) in replies {
+                let _ = reply.send(Err(Error::Database {
+                    path: shared.store.path().display().to_string(),
+                    reason: format!("write failed: {e}"),
+                }));
+            }
+            Err(finished.into_iter().map(|(f, _)| *f).collect())
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The `errand` binary: parse -> run -> exit code. The only place errors become exit
+//! codes: 0 success, 1 failure, 2 usage.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use errand::cli::{Cli, Command};
+use errand::config::{Config, Overrides};
+use errand::Error;
+
+fn env(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}
+
+fn exit_code(e: &Error) -> ExitCode {
+    match e {
+        Error::Invalid { .. } | Error::Config { .. } => ExitCode::from(2),
+        _ => ExitCode::from(1),
+    }
+}
+
+fn serve(cli: &Cli, listen: &Option<String>, workers: Option<usize>) -> Result<(), Error> {
+    let flags = Overrides {
+        config: cli.config.clone(),
+        db: cli.db.clone(),
+        listen: listen.clone(),
+        workers,
+    };
+    let config = Config::load(&flags, &env)?;
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])?;
+    std::thread::spawn(move || {
+        if signals.forever().next().is_some() {
+            let _ = tx.send(());
+        }
+    });
+    errand::server::serve(config, rx)
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().filter_or("ERRAND_LOG", "info"))
+        .init();
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Serve { listen, workers } => serve(&cli, listen, *workers),
+        _ => errand::cli::run(&cli, &env).map(|out| {
+            if !out.text.is_empty() {
+                println!("{}", out.text);
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("errand: {e}");
+            exit_code(&e)
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! The engine's state changes: claim (approved/retry -> running), record an outcome
+//! (running -> anything), extend and reap leases. Every UPDATE is guarded by the state,
+//! lease owner and attempt it expects; zero rows changed is `Expired`, never silence.
+
+use rusqlite::{named_params, params_from_iter, Connection};
+
+use super::jobs::{from_row, COLUMNS};
+use crate::error::Result;
+use crate::job::{Job, JobError, JobResult, JobState};
+use crate::store::attempts::{self, AttemptRecord, Outcome};
+use crate::store::{accounts, notes, placeholders};
+
+/// A due job's routing fields, read before the claim so limits can be applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: i64,
+    pub account: String,
+    pub provider: String,
+}
+
+/// The due-job query (public so a test can check its plan).
+pub const CANDIDATES: &str = r#"
+SELECT id, account, provider FROM jobs INDEXED BY jobs_due
+ WHERE state IN ('approved', 'retry') AND run_at <= :now
+   AND NOT EXISTS (SELECT 1 FROM accounts a WHERE a.account = jobs.account AND a.paused = 1)
+ ORDER BY run_at
+ LIMIT :limit
+"#;
+
+/// Due jobs in order of `run_at`, skipping paused accounts, `limit` at most. Served by
+/// the partial index `jobs_due` (forced with INDEXED BY: with no statistics the planner
+/// may prefer the state index and sort, which grows with the table).
+pub fn due_candidates(conn: &Connection, now: i64, limit: usize) -> Result<Vec<Candidate>> {
+    let mut stmt = conn.prepare_cached(CANDIDATES)?;
+    let rows = stmt.query_map(named_params! {":now": now, ":limit": limit as i64}, |r| {
+        Ok(Candidate {
+            id: r.get(0)?,
+            account: r.get(1)?,
+            provider: r.get(2)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// The earliest `run_at` of a job waiting in approved or retry, if any.
+pub fn next_due_at(conn: &Connection) -> Result<Option<i64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT MIN(run_at) FROM jobs INDEXED BY jobs_due WHERE state IN ('approved', 'retry')",
+    )?;
+    Ok(stmt.query_row([], |r| r.get(0))?)
+}
+
+/// Claims the given jobs if they are still due and unclaimed: sets `running`, the lease
+/// and `attempts + 1` in one statement, and returns the claimed rows.
+pub fn claim(
+    conn: &Connection,
+    ids: &[i64],
+    owner: &str,
+    lease_until: i64,
+    now: i64,
+) -> Result<Vec<Job>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "UPDATE jobs SET state = 'running', lease_owner = ?, lease_until = ?, attempts = attempts + 1,
+                updated_at = ?
+          WHERE id IN ({}) AND state IN ('approved', 'retry') AND run_at <= ?
+         RETURNING {COLUMNS}",
+        placeholders(ids.len())
+    );
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut values: Vec<rusqlite::types::Value> =
+        vec![owner.to_string().into(), lease_until.into(), now.into()];
+    values.extend(ids.iter().map(|&i| i.into()));
+    values.push(now.into());
+    let rows = stmt.query_map(params_from_iter(values), from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// What an attempt (or a decision not to make one) does to a running job.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Next {
+    /// running -> succeeded, with the response kept as the result.
+    Succeed(JobResult),
+    /// running -> retry at `run_at`.
+    Retry { run_at: i64 },
+    /// running -> draft: held for a person.
+    Hold,
+    /// running -> canceled.
+    Cancel,
+    /// running -> approved: released before any request was sent; no attempt counted.
+    Release,
+}
+
+impl Next {
+    /// The state the job moves to.
+    pub fn state(&self) -> JobState {
+        match self {
+            Next::Succeed(_) => JobState::Succeeded,
+            Next::Retry { .. } => JobState::Retry,
+            Next::Hold => JobState::Draft,
+            Next::Cancel => JobState::Canceled,
+            Next::Release => JobState::Approved,
+        }
+    }
+}
+
+/// Everything one finished attempt writes, in one savepoint of the writer's batch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finished {
+    pub job_id: i64,
+    pub account: String,
+    pub provider: String,
+    /// The lease this process holds; the update is guarded by it.
+    pub lease_owner: String,
+    /// The job's `attempts` as claimed (this attempt's number).
+    pub attempt: i64,
+    pub next: Next,
+    pub error: Option<JobError>,
+    /// False when no request was sent (preflight, release): the attempt is not counted.
+    pub counted: bool,
+    /// The audit row; None when no request was sent.
+    pub record: Option<AttemptRecord>,
+    pub notices: Vec<notes::Notice>,
+    /// (signature, sample) of an unclassified answer.
+    pub triage: Option<(String, String)>,
+    /// The credential version a 401 answered; it is marked invalid.
+    pub invalidate_credential: Option<i64>,
+}
+
+const RECORD: &str = r#"
+UPDATE jobs SET state = :to,
+       run_at = COALESCE(:run_at, run_at),
+       attempts = attempts - :uncount,
+       lease_owner = NULL, lease_until = NULL,
+       last_error = CASE WHEN :to = 'succeeded' THEN NULL
+                         WHEN :error IS NULL THEN last_error ELSE :error END,
+       result_status = COALESCE(:status, result_status),
+       result_headers = COALESCE(:headers, result_headers),
+       result_body = COALESCE(:body, result_body),
+       result_truncated = COALESCE(:truncated, result_truncated),
+       updated_at = :now,
+       finished_at = CASE WHEN :to IN ('succeeded', 'canceled') THEN :now ELSE NULL END
+ WHERE id = :id AND state = 'running' AND lease_owner = :owner AND attempts = :attempt
+"#;
+
+/// Writes a finished attempt: the job's new state (guarded by state, owner and attempt),
+/// the audit row, notifications, triage and credential invalidation. When the lease was
+/// lost meanwhile (the reaper took the job back) only the audit row is written, so the
+/// log stays complete, and `Ok(false)` is returned.
+pub fn record(conn: &Connection, f: &Finished, now: i64) -> Result<bool> {
+    let to = f.next.state();
+    let (run_at, result) = match &f.next {
+        Next::Retry { run_at } => (Some(*run_at), None),
+        Next::Succeed(r) => (None, Some(r)),
+        _ => (None, None),
+    };
+    let error = f.error.as_ref().and_then(|e| serde_json::to_string(e).ok());
+    let mut stmt = conn.prepare_cached(RECORD)?;
+    let n = stmt.execute(named_params! {
+        ":to": to.as_str(),
+        ":run_at": run_at,
+        ":uncount": i64::from(!f.counted),
+        ":error": error,
+        ":status": result.map(|r| r.status),
+        ":headers": result.and_then(|r| serde_json::to_string(&r.headers).ok()),
+        ":body": result.map(|r| r.body.as_slice()),
+        ":truncated": result.map(|r| r.truncated),
+        ":now": now,
+        ":id": f.job_id,
+        ":owner": f.lease_owner,
+        ":attempt": f.attempt,
+    })?;
+    if let Some(rec) = &f.record {
+        attempts::insert(conn, rec)?;
+    }
+    if n == 0 {
+        return Ok(false);
+    }
+    if let Some(version) = f.invalidate_credential {
+        accounts::invalidate_credential(
+            conn,
+            &f.account,
+            &f.provider,
+            version,
+            "the provider answered 401 Unauthorized",
+            now,
+        )?;
+    }
+    for n in &f.notices {
+        notes::notify(conn, n, now)?;
+    }
+    if let Some((sig, sample)) = &f.triage {
+        notes::triage(conn, &f.provider, sig, sample, f.job_id, now)?;
+    }
+    Ok(true)
+}
+
+/// Extends every lease this process holds to `until`. Returns how many.
+pub fn extend_leases(conn: &Connection, owner: &str, until: i64) -> Result<usize> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE jobs SET lease_until = :until WHERE state = 'running' AND lease_owner = :owner",
+    )?;
+    Ok(stmt.execute(named_params! {":until": until, ":owner": owner})?)
+}
+
+/// The distinct owners of leases currently held.
+pub fn lease_owners(conn: &Connection) -> Result<Vec<String>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT DISTINCT lease_owner FROM jobs WHERE state = 'running' AND lease_owner IS NOT NULL",
+    )?;
+    let rows = stmt.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Running jobs whose lease expired before `now`, or whose owner is in `dead_owners`.
+pub fn lost_jobs(
+    conn: &Connection,
+    now: i64,
+    dead_owners: &[String],
+    limit: usize,
+) -> Result<Vec<Job>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM jobs WHERE state = 'running'
+            AND (lease_until < ? OR lease_owner IN ({}))
+          ORDER BY lease_until LIMIT ?",
+        placeholders(dead_owners.len().max(1))
+    );
+    let mut values: Vec<rusqlite::types::Value> = vec![now.into()];
+    if dead_owners.is_empty() {
+        values.push(rusqlite::types::Value::Null);
+    } else {
+        values.extend(dead_owners.iter().map(|o| o.clone().into()));
+    }
+    values.push((limit as i64).into());
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let rows = stmt.query_map(params_from_iter(values), from_row)?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// The audit row of an attempt whose outcome is unknown because its lease was lost.
+pub fn lost_record(job: &Job, now: i64) -> AttemptRecord {
+    AttemptRecord {
+        job_id: job.id,
+        attempt: job.attempts,
+        started_at: job.updated_at,
+        duration_ms: (now - job.updated_at).max(0),
+        outcome: Outcome::Lost,
+        ambiguous: true,
+        request_method: job.method.clone(),
+        request_url: job.url.clone(),
+        request_headers: crate::http_call::redact_headers(&job.headers, None, None),
+        request_body: None,
+        response_status: None,
+        response_headers: None,
+        response_body: None,
+        response_truncated: false,
+        error: Some(format!(
+            "lease of {} expired: the process running the attempt stopped; the request may have been sent",
+            job.lease_owner.as_deref().unwrap_or("unknown")
+        )),
+    }
+}
+
+/// Counts jobs that are due now (the backlog) and the oldest due `run_at`.
+pub fn due_backlog(conn: &Connection, now: i64) -> Result<(i64, Option<i64>)> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT COUNT(*), MIN(run_at) FROM jobs INDEXED BY jobs_due
+          WHERE state IN ('approved', 'retry') AND run_at <= ?1",
+    )?;
+    Ok(stmt.query_row([now], |r| Ok((r.get(0)?, r.get(1)?)))?)
+}
+
+/// Deletes attempt rows older than `attempts_before` and finished jobs (with their
+/// attempts) older than `jobs_before`; idempotency keys older than `keys_before`.
+pub fn prune(
+    conn: &Connection,
+    attempts_before: Option<i64>,
+    jobs_before: Option<i64>,
+    keys_before: i64,
+) -> Result<(usize, usize)> {
+    let mut attempts_deleted = 0;
+    let mut jobs_deleted = 0;
+    if let Some(t) = attempts_before {
+        attempts_deleted += conn.execute("DELETE FROM attempts WHERE started_at < ?1", [t])?;
+    }
+    if let Some(t) = jobs_before {
+        attempts_deleted += conn.execute(
+            "DELETE FROM attempts WHERE job_id IN (SELECT id FROM jobs WHERE finished_at < ?1)",
+            [t],
+        )?;
+        jobs_deleted = conn.execute("DELETE FROM jobs WHERE finished_at < ?1", [t])?;
+    }
+    conn.execute(
+        "DELETE FROM idempotency_keys WHERE created_at < ?1",
+        [keys_before],
+    )?;
+    Ok((attempts_deleted, jobs_deleted))
+}

@@ -1,0 +1,203 @@
+//! The only module that speaks SQL.
+//!
+//! A [`Store`] owns a pool of read connections and one write connection. Every write is
+//! a short `BEGIN IMMEDIATE` transaction through [`Store::write`], which rolls back
+//! unless the closure returns `Ok`. The engine's writer thread batches many writes into
+//! one such transaction (group commit); other processes on the same file (the CLI, a
+//! second `errand serve`, an application writing the outbox) wait on SQLite's busy
+//! timeout.
+
+pub mod accounts;
+pub mod attempts;
+pub mod engine;
+pub mod jobs;
+mod migrate;
+pub mod notes;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use r2d2_sqlite::SqliteConnectionManager;
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+
+use crate::error::{Error, Result};
+
+pub use migrate::SCHEMA_VERSION;
+
+/// How long a connection waits for another process's write lock before failing.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Durability of commits (SPEC §10).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// Durable across a process crash; WAL commits do not fsync (the default).
+    #[default]
+    Normal,
+    /// Durable across power loss: every commit fsyncs the WAL.
+    Full,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        }
+    }
+}
+
+/// The database: a read pool and the process's single write connection.
+pub struct Store {
+    path: PathBuf,
+    pool: r2d2::Pool<SqliteConnectionManager>,
+    writer: Mutex<Connection>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+fn setup(conn: &Connection, sync: Synchronous) -> rusqlite::Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = {}; PRAGMA foreign_keys = ON; PRAGMA temp_store = MEMORY;",
+        sync.pragma()
+    ))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(())
+}
+
+/// Turns an SQLite error met while opening into a one-line message about the file.
+fn open_error(path: &Path, e: rusqlite::Error) -> Error {
+    let reason = match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => {
+            "is not an SQLite database (or is corrupt); point --db at another file or restore a backup".to_string()
+        }
+        Some(rusqlite::ErrorCode::DatabaseCorrupt) => {
+            "is corrupt; restore a backup (errand backup) or run errand check".to_string()
+        }
+        Some(rusqlite::ErrorCode::CannotOpen) | Some(rusqlite::ErrorCode::PermissionDenied) => {
+            "cannot be opened; check that the directory exists and is writable".to_string()
+        }
+        Some(rusqlite::ErrorCode::ReadOnly) => {
+            "is read-only; errand needs to write it (check file permissions)".to_string()
+        }
+        _ => e.to_string(),
+    };
+    Error::Database {
+        path: path.display().to_string(),
+        reason,
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`: WAL mode, the given durability,
+    /// a busy timeout, foreign keys, and the schema migrated to [`SCHEMA_VERSION`].
+    pub fn open(path: impl AsRef<Path>, sync: Synchronous) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let mut conn =
+            Connection::open_with_flags(&path, flags).map_err(|e| open_error(&path, e))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| open_error(&path, e))?;
+        let mode: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(|e| open_error(&path, e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::Database {
+                path: path.display().to_string(),
+                reason: format!("cannot use WAL mode (got {mode}); use a local filesystem"),
+            });
+        }
+        setup(&conn, sync).map_err(|e| open_error(&path, e))?;
+        migrate::migrate(&mut conn).map_err(|e| match e {
+            Error::Sqlite(e) => open_error(&path, e),
+            other => other,
+        })?;
+        let manager = SqliteConnectionManager::file(&path)
+            .with_flags(flags)
+            .with_init(move |c| setup(c, sync));
+        let pool = r2d2::Pool::builder()
+            .max_size(16)
+            .min_idle(Some(1))
+            .connection_timeout(Duration::from_secs(30))
+            .build(manager)
+            .map_err(|e| Error::Database {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(Store {
+            path,
+            pool,
+            writer: Mutex::new(conn),
+        })
+    }
+
+    /// The database file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// A pooled connection for reads.
+    pub fn read(&self) -> Result<r2d2::PooledConnection<SqliteConnectionManager>> {
+        Ok(self.pool.get()?)
+    }
+
+    /// Locks the process's write connection (for a writer that manages its own
+    /// transactions, such as the group-commit loop).
+    pub fn writer(&self) -> MutexGuard<'_, Connection> {
+        self.writer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction, committed only if `f` returns Ok.
+    pub fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+        let mut conn = self.writer();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// `PRAGMA data_version` of the write connection: changes when another connection
+    /// (another process, the CLI, an app writing the outbox) commits.
+    pub fn data_version(&self) -> Result<i64> {
+        Ok(self
+            .writer()
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
+    }
+
+    /// Runs SQLite's integrity check; `Ok(vec![])` when the file is sound.
+    pub fn integrity_check(&self) -> Result<Vec<String>> {
+        let conn = self.read()?;
+        let mut stmt = conn.prepare("PRAGMA integrity_check")?;
+        let rows = stmt
+            .query_map([], |r| r.get::<_, String>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows.into_iter().filter(|r| r != "ok").collect())
+    }
+
+    /// Writes a consistent copy of the live database to `dest` (online backup).
+    pub fn backup_to(&self, dest: &Path) -> Result<()> {
+        let conn = self.read()?;
+        conn.execute("VACUUM INTO ?1", [dest.display().to_string()])?;
+        Ok(())
+    }
+}
+
+/// Builds an `IN (?, ?, ...)` placeholder list for `n` values.
+pub(crate) fn placeholders(n: usize) -> String {
+    let mut s = String::with_capacity(n * 2);
+    for i in 0..n {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push('?');
+    }
+    s
+}

@@ -1,0 +1,11 @@
+//! errand's integration tests: one binary. `support` holds the TestEnv, a scripted
+//! provider on 127.0.0.1:0 and helpers to run the real `errand` binary.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+mod api;
+mod engine;
+mod foundation;
+mod process;
