@@ -2,6 +2,7 @@
 //! `{"error": {"code", "message"}}`.
 
 mod reply;
+pub mod request;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +13,7 @@ use crate::engine::Shared;
 use crate::error::{Error, Result};
 
 pub use reply::Reply;
+pub use request::Req;
 
 /// Request-handling threads. Each parked `Prefer: wait` holds one, so there are many
 /// more than cores.
@@ -37,15 +39,30 @@ impl Api {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
 
-    /// Answers one request.
-    pub fn handle(&self, req: &mut tiny_http::Request) -> Reply {
-        let url = req.url().to_string();
-        let (path, _query) = url.split_once('?').unwrap_or((&url, ""));
-        let method = req.method().as_str().to_string();
-        match (method.as_str(), path) {
+    /// True once shutdown has begun.
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+
+    /// Answers one request: reads it (413 for a body over the limit) and routes it.
+    pub fn handle(&self, raw: &mut tiny_http::Request) -> Reply {
+        let req = match Req::read(raw, self.shared.config.max_request_bytes) {
+            Ok(r) => r,
+            Err(reply) => return reply,
+        };
+        self.route(&req)
+    }
+
+    /// Routes a parsed request.
+    pub fn route(&self, req: &Req) -> Reply {
+        match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/healthz") => Reply::json(200, &serde_json::json!({"status": "ok"})),
             (_, "/healthz") => Reply::error(405, "method_not_allowed", "use GET"),
-            _ => Reply::error(404, "not_found", &format!("no route for {method} {path}")),
+            _ => Reply::error(
+                404,
+                "not_found",
+                &format!("no route for {} {}", req.method, req.path),
+            ),
         }
     }
 }
