@@ -1,11 +1,9 @@
 //! Issue: the engine — scheduler, leases, workers, preflight, classification, retries,
 //! audit log, restarts. In-process engines against a scripted provider.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use errand::spec::NewJob;
-use errand::store::{accounts, attempts};
+use errand::store::attempts;
 
 use crate::support::*;
 
