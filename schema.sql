@@ -95,7 +95,8 @@ CREATE TABLE IF NOT EXISTS attempts (
     response_headers TEXT,
     response_body   BLOB,
     response_truncated INTEGER NOT NULL DEFAULT 0,
-    error           TEXT
+    error           TEXT,
+    runner          TEXT                            -- lease owner (host:pid:start:id) that ran it
 );
 CREATE INDEX IF NOT EXISTS attempts_job ON attempts (job_id, attempt);
 CREATE INDEX IF NOT EXISTS attempts_started ON attempts (started_at);

@@ -34,7 +34,7 @@ enum Event {
 
 fn run(shared: &Shared, generation: usize) {
     let tick = shared.config.tick_ms as i64;
-    let mut last_pass = i64::MIN;
+    let mut last_pass = 0;
     let mut next_due: Option<i64> = None;
     let mut data_version = shared.store.data_version().unwrap_or(0);
     let mut event = Event::Wake;

@@ -32,8 +32,8 @@ pub(super) fn spawn(
 fn run(shared: &Arc<Shared>, threads: &Mutex<Threads>, stop: &AtomicBool) {
     let lease_every = (shared.config.lease_ms / 3).max(100);
     let mut last_extend = shared.now();
-    let mut last_reap = i64::MIN;
-    let mut last_prune = i64::MIN;
+    let mut last_reap = 0;
+    let mut last_prune = 0;
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
         // The supervisor itself must not die: each duty runs under catch_unwind.

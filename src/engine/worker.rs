@@ -276,6 +276,7 @@ fn execute(shared: &Shared, job: &Job) -> Finished {
             Reply::Transport { .. } => Some(http_call::redact_text(&detail, secret)),
             Reply::Response { .. } => None,
         },
+        runner: shared.owner.clone(),
     };
     let mut notices = decision.notices;
     match shared

@@ -65,14 +65,16 @@ pub struct AttemptRecord {
     pub response_body: Option<Vec<u8>>,
     pub response_truncated: bool,
     pub error: Option<String>,
+    /// The lease owner (process) that ran the attempt.
+    pub runner: String,
 }
 
 const INSERT: &str = r#"
 INSERT INTO attempts (job_id, attempt, started_at, duration_ms, outcome, ambiguous,
     request_method, request_url, request_headers, request_body, response_status,
-    response_headers, response_body, response_truncated, error)
+    response_headers, response_body, response_truncated, error, runner)
 VALUES (:job_id, :attempt, :started_at, :duration_ms, :outcome, :ambiguous, :method, :url,
-    :req_headers, :req_body, :status, :resp_headers, :resp_body, :truncated, :error)
+    :req_headers, :req_body, :status, :resp_headers, :resp_body, :truncated, :error, :runner)
 "#;
 
 /// Appends one attempt.
@@ -94,6 +96,7 @@ pub fn insert(conn: &Connection, a: &AttemptRecord) -> Result<()> {
         ":resp_body": a.response_body,
         ":truncated": a.response_truncated,
         ":error": a.error,
+        ":runner": a.runner,
     })?;
     Ok(())
 }
@@ -103,7 +106,7 @@ pub fn list_json(conn: &Connection, job_id: i64) -> Result<Vec<Value>> {
     let mut stmt = conn.prepare_cached(
         "SELECT attempt, started_at, duration_ms, outcome, ambiguous, request_method, request_url,
                 request_headers, request_body, response_status, response_headers, response_body,
-                response_truncated, error
+                response_truncated, error, runner
            FROM attempts WHERE job_id = ?1 ORDER BY attempt, id",
     )?;
     let rows = stmt.query_map([job_id], |r| {
@@ -148,6 +151,7 @@ pub fn list_json(conn: &Connection, job_id: i64) -> Result<Vec<Value>> {
             },
             "response": response,
             "error": r.get::<_, Option<String>>(13)?,
+            "runner": r.get::<_, Option<String>>(14)?,
         }))
     })?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

@@ -260,6 +260,7 @@ pub fn lost_record(job: &Job, now: i64) -> AttemptRecord {
             "lease of {} expired: the process running the attempt stopped; the request may have been sent",
             job.lease_owner.as_deref().unwrap_or("unknown")
         )),
+        runner: job.lease_owner.clone().unwrap_or_default(),
     }
 }
 

@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
-use errand::store::attempts;
+use std::sync::Arc;
+
+use errand::clock::Clock;
+use errand::spec::NewJob;
+use errand::store::{accounts, attempts};
 
 use crate::support::*;
 
@@ -40,5 +44,394 @@ fn retries_503_twice_then_succeeds_with_one_idempotency_key() {
     let log = attempts::list_json(&env.store.read().unwrap(), id).unwrap();
     let outcomes: Vec<&str> = log.iter().map(|a| a["outcome"].as_str().unwrap()).collect();
     assert_eq!(outcomes, ["unavailable", "unavailable", "success"]);
+    engine.shutdown(Duration::from_secs(5));
+}
+
+fn notifications(env: &TestEnv, kind: &str) -> i64 {
+    env.count_sql(&format!(
+        "SELECT COUNT(*) FROM notifications WHERE kind = '{kind}'"
+    ))
+}
+
+#[test]
+fn always_503_exhausts_max_attempts_and_holds_with_a_notification() {
+    let p = MockProvider::start();
+    p.default_for("/down", Step::status(503));
+    let env = TestEnv::new();
+    let engine = env.engine();
+    let mut job = fast_job("acme", &p.url("/down"));
+    job.max_attempts = Some(3);
+    let id = env.insert(&job);
+    engine.shared().wake();
+    wait_for(10, "job held in draft", || env.state(id) == "draft");
+    assert_eq!(p.count("/down"), 3);
+    let j = env.job(id);
+    let err = j.last_error.unwrap();
+    assert_eq!(err.category, "unavailable");
+    assert_eq!(err.reason, "exhausted");
+    assert_eq!(notifications(&env, "exhausted"), 1);
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn a_refused_connection_and_a_timeout_are_unavailable() {
+    let p = MockProvider::start();
+    p.default_for("/slow", Step::status(200).delay(2_000));
+    let env = TestEnv::new();
+    let engine = env.engine();
+    let closed = format!("http://127.0.0.1:{}/x", free_port());
+    let mut refused = fast_job("acme", &closed);
+    refused.max_attempts = Some(1);
+    let mut slow = fast_job("acme", &p.url("/slow"));
+    slow.max_attempts = Some(1);
+    slow.timeout_ms = Some(200);
+    let (a, b) = (env.insert(&refused), env.insert(&slow));
+    engine.shared().wake();
+    wait_for(10, "both held", || {
+        env.state(a) == "draft" && env.state(b) == "draft"
+    });
+    let log_a = attempts::list_json(&env.store.read().unwrap(), a).unwrap();
+    let log_b = attempts::list_json(&env.store.read().unwrap(), b).unwrap();
+    assert_eq!(log_a[0]["outcome"], "unavailable");
+    assert_eq!(
+        log_a[0]["ambiguous"], false,
+        "a refused connection was never sent"
+    );
+    assert_eq!(log_b[0]["outcome"], "unavailable");
+    assert_eq!(
+        log_b[0]["ambiguous"], true,
+        "a timeout may have been processed"
+    );
+    assert_eq!(env.job(a).last_error.unwrap().category, "unavailable");
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn unauthorized_cancels_invalidates_the_credential_and_a_new_secret_is_used() {
+    let p = MockProvider::start();
+    p.script("/me", vec![Step::status(401)]);
+    let env = TestEnv::new();
+    env.store
+        .write(|tx| {
+            accounts::put_credential(
+                tx,
+                "acme",
+                "mail",
+                "old-secret-1",
+                "Authorization",
+                "Bearer {secret}",
+                1,
+            )
+        })
+        .unwrap();
+    let engine = env.engine();
+    let mut job = fast_job("acme", &p.url("/me"));
+    job.provider = "mail".into();
+    let first = env.insert(&job);
+    engine.shared().wake();
+    wait_for(10, "first canceled", || env.state(first) == "canceled");
+    assert_eq!(env.job(first).last_error.unwrap().category, "unauthorized");
+    let status = accounts::credential_status(&env.store.read().unwrap(), "acme", "mail").unwrap();
+    assert_eq!(status.status, "invalid");
+    assert_eq!(notifications(&env, "reauthorize"), 1);
+    // The next job on that credential is canceled at preflight, with no request.
+    let second = env.insert(&job);
+    engine.shared().wake();
+    wait_for(10, "second canceled", || env.state(second) == "canceled");
+    assert_eq!(
+        env.job(second).last_error.unwrap().reason,
+        "credential_invalid"
+    );
+    assert_eq!(p.count("/me"), 1);
+    assert_eq!(notifications(&env, "reauthorize"), 1, "one per credential");
+    // A new secret: the next job carries it.
+    env.store
+        .write(|tx| {
+            accounts::put_credential(
+                tx,
+                "acme",
+                "mail",
+                "new-secret-2",
+                "Authorization",
+                "Bearer {secret}",
+                2,
+            )
+        })
+        .unwrap();
+    let third = env.insert(&job);
+    engine.shared().wake();
+    wait_for(10, "third succeeded", || env.state(third) == "succeeded");
+    let seen = p.requests("/me");
+    assert_eq!(seen.len(), 2);
+    assert_eq!(seen[0].header("authorization"), Some("Bearer old-secret-1"));
+    assert_eq!(seen[1].header("authorization"), Some("Bearer new-secret-2"));
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn forbidden_cancels_after_one_request_and_unclassified_goes_to_triage() {
+    let p = MockProvider::start();
+    p.default_for("/no", Step::status(403));
+    p.default_for("/tea", Step::json(418, r#"{"error":"teapot"}"#));
+    let env = TestEnv::new();
+    let engine = env.engine();
+    let f = env.insert(&fast_job("acme", &p.url("/no")));
+    let t1 = env.insert(&fast_job("acme", &p.url("/tea")));
+    engine.shared().wake();
+    wait_for(10, "forbidden canceled, teapot held", || {
+        env.state(f) == "canceled" && env.state(t1) == "draft"
+    });
+    assert_eq!(p.count("/no"), 1);
+    assert_eq!(notifications(&env, "forbidden"), 1);
+    assert_eq!(env.job(t1).last_error.unwrap().category, "unclassified");
+    assert_eq!(env.count_sql("SELECT count FROM triage"), 1);
+    let t2 = env.insert(&fast_job("acme", &p.url("/tea")));
+    engine.shared().wake();
+    wait_for(10, "second teapot held", || env.state(t2) == "draft");
+    assert_eq!(
+        env.count_sql("SELECT COUNT(*) FROM triage"),
+        1,
+        "same signature, one entry"
+    );
+    assert_eq!(env.count_sql("SELECT count FROM triage"), 2);
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn retry_after_on_429_delays_the_next_attempt() {
+    let p = MockProvider::start();
+    p.script(
+        "/rl",
+        vec![
+            Step::status(429).header("Retry-After", "2"),
+            Step::status(200),
+        ],
+    );
+    let env = TestEnv::new();
+    let engine = env.engine();
+    let id = env.insert(&fast_job("acme", &p.url("/rl")));
+    engine.shared().wake();
+    wait_for(15, "succeeded", || env.state(id) == "succeeded");
+    let seen = p.requests("/rl");
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen[1].at - seen[0].at >= Duration::from_secs(2),
+        "{:?}",
+        seen[1].at - seen[0].at
+    );
+    engine.shutdown(Duration::from_secs(5));
+}
+
+/// Waits until the scheduler has run `n` more passes (its heartbeat moved n times).
+fn scheduler_passes(engine: &errand::engine::Engine, n: usize) {
+    for _ in 0..n {
+        let before = engine.shared().scheduler_beat.last();
+        wait_for(5, "a scheduler pass", || {
+            engine.shared().scheduler_beat.last() > before
+        });
+    }
+}
+
+#[test]
+fn nothing_is_sent_while_paused_globally_or_per_account() {
+    let p = MockProvider::start();
+    let env = TestEnv::new();
+    let engine = env.engine();
+    env.store
+        .write(|tx| accounts::set_global_pause(tx, true))
+        .unwrap();
+    let a = env.insert(&fast_job("acme", &p.url("/a")));
+    engine.shared().wake();
+    scheduler_passes(&engine, 3);
+    assert_eq!(p.count("/a"), 0);
+    assert_eq!(env.state(a), "approved");
+    env.store
+        .write(|tx| accounts::set_global_pause(tx, false))
+        .unwrap();
+    env.store
+        .write(|tx| accounts::set_paused(tx, "acme", true, 1))
+        .unwrap();
+    let b = env.insert(&fast_job("globex", &p.url("/b")));
+    engine.shared().wake();
+    wait_for(10, "the other account's job runs", || {
+        env.state(b) == "succeeded"
+    });
+    scheduler_passes(&engine, 3);
+    assert_eq!(p.count("/a"), 0, "acme is paused");
+    env.store
+        .write(|tx| accounts::set_paused(tx, "acme", false, 2))
+        .unwrap();
+    engine.shared().wake();
+    wait_for(10, "resumed job runs", || env.state(a) == "succeeded");
+    assert_eq!(p.count("/a"), 1);
+    assert_eq!(env.job(a).attempts, 1);
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn suspended_accounts_and_expired_jobs_are_canceled_without_a_request() {
+    let p = MockProvider::start();
+    let env = TestEnv::new();
+    env.store
+        .write(|tx| accounts::set_status(tx, "deadbeat", "suspended", 1))
+        .unwrap();
+    let engine = env.engine();
+    let s = env.insert(&fast_job("deadbeat", &p.url("/s")));
+    let mut exp = fast_job("acme", &p.url("/e"));
+    exp.expires_at = Some(1_000); // 1970
+    let e = env.insert(&exp);
+    let mut missing = fast_job("acme", &p.url("/m"));
+    missing.provider = "strict".into();
+    engine.shared().wake();
+    wait_for(10, "both canceled", || {
+        env.state(s) == "canceled" && env.state(e) == "canceled"
+    });
+    assert_eq!(env.job(s).last_error.unwrap().reason, "account_suspended");
+    assert_eq!(env.job(e).last_error.unwrap().reason, "expired");
+    assert_eq!(env.job(s).attempts, 0, "no attempt counted");
+    assert_eq!(p.seen.lock().unwrap().len(), 0);
+    assert_eq!(env.count_sql("SELECT COUNT(*) FROM attempts"), 0);
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn a_provider_requiring_a_credential_cancels_a_job_without_one() {
+    let p = MockProvider::start();
+    let env = TestEnv::with_config("[providers.strict]\nrequires_credential = true\n");
+    let engine = env.engine();
+    let mut job = fast_job("acme", &p.url("/m"));
+    job.provider = "strict".into();
+    let id = env.insert(&job);
+    engine.shared().wake();
+    wait_for(10, "canceled", || env.state(id) == "canceled");
+    assert_eq!(env.job(id).last_error.unwrap().reason, "credential_missing");
+    assert_eq!(p.count("/m"), 0);
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn a_panicking_thread_is_restarted_and_the_engine_keeps_working() {
+    let p = MockProvider::start();
+    let env = TestEnv::new();
+    let engine = env.engine();
+    let shared = engine.shared().clone();
+    shared
+        .faults
+        .panic_scheduler
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    shared.wake();
+    wait_for(10, "scheduler restart counted", || {
+        shared
+            .metrics
+            .thread_restarts
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 1
+    });
+    shared
+        .faults
+        .panic_worker
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    wait_for(10, "worker restart counted", || {
+        shared
+            .metrics
+            .thread_restarts
+            .load(std::sync::atomic::Ordering::SeqCst)
+            >= 2
+    });
+    let ids: Vec<i64> = (0..20)
+        .map(|_| env.insert(&fast_job("acme", &p.url("/ok"))))
+        .collect();
+    shared.wake();
+    wait_for(10, "all jobs done after restarts", || {
+        ids.iter().all(|&id| env.state(id) == "succeeded")
+    });
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn an_expired_lease_is_reaped_as_lost_and_retried_with_its_key() {
+    use errand::clock::ManualClock;
+    let p = MockProvider::start();
+    let env = TestEnv::new();
+    let clock = ManualClock::new(1_000_000);
+    // A job claimed by a process that vanished (another host: only expiry can free it).
+    let id = env.insert(&fast_job("acme", &p.url("/x")));
+    let key = env.job(id).idempotency_key.unwrap();
+    env.store
+        .write(|tx| {
+            errand::store::engine::claim(
+                tx,
+                &[id],
+                "otherhost:1:1:abcd",
+                1_000_000 + 60_000,
+                2_000_000_000_000,
+            )
+            .map(|_| ())
+        })
+        .unwrap();
+    let engine = env.engine_with_clock(Arc::new(clock.clone()));
+    assert_eq!(
+        errand::engine::reap_once(engine.shared(), clock.now_ms()).unwrap(),
+        0,
+        "lease still valid"
+    );
+    clock.advance(61_000);
+    assert_eq!(
+        errand::engine::reap_once(engine.shared(), clock.now_ms()).unwrap(),
+        1
+    );
+    let log = attempts::list_json(&env.store.read().unwrap(), id).unwrap();
+    assert_eq!(log[0]["outcome"], "lost");
+    assert_eq!(log[0]["ambiguous"], true);
+    assert_eq!(env.state(id), "retry");
+    // Reaping again finds nothing: the guard on state, owner and attempt holds.
+    assert_eq!(
+        errand::engine::reap_once(engine.shared(), clock.now_ms()).unwrap(),
+        0
+    );
+    clock.advance(1_000);
+    engine.shared().wake();
+    wait_for(10, "retried and succeeded", || env.state(id) == "succeeded");
+    assert_eq!(
+        p.requests("/x")[0].header("idempotency-key"),
+        Some(key.as_str())
+    );
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn a_job_inserted_by_another_connection_is_picked_up_through_data_version() {
+    let p = MockProvider::start();
+    let env = TestEnv::with_config("[scheduler]\ntick_ms = 60000\n");
+    let engine = env.engine();
+    scheduler_passes(&engine, 1);
+    // Another connection, as another process or an app would write.
+    let other = errand::store::Store::open(env.db_path(), Default::default()).unwrap();
+    let id = other
+        .write(|tx| errand::store::jobs::insert(tx, &fast_job("acme", &p.url("/dv")), 0))
+        .unwrap()
+        .id;
+    wait_for(5, "picked up without a wake or a tick", || {
+        env.state(id) == "succeeded"
+    });
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn max_attempts_and_timeouts_come_from_the_provider_when_the_job_has_none() {
+    let p = MockProvider::start();
+    p.default_for("/down", Step::status(500));
+    let env = TestEnv::with_config(
+        "[providers.flaky]\nmax_attempts = 2\nbackoff = { initial_ms = 10, multiplier = 1.0, max_ms = 10 }\n",
+    );
+    let engine = env.engine();
+    let mut job = NewJob::get("acme", &p.url("/down"));
+    job.provider = "flaky".into();
+    let id = env.insert(&job);
+    engine.shared().wake();
+    wait_for(10, "held after the provider's 2 attempts", || {
+        env.state(id) == "draft"
+    });
+    assert_eq!(p.count("/down"), 2);
     engine.shutdown(Duration::from_secs(5));
 }

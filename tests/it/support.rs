@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use errand::clock::{SharedClock, SystemClock};
@@ -86,92 +85,149 @@ impl Seen {
 }
 
 /// A scripted HTTP provider on 127.0.0.1:0: each path answers its queued steps in order,
-/// then its default (200 `{"ok":true}` unless set).
+/// then its default (200 `{"ok":true}` unless set). A thread per connection with
+/// keep-alive, written on std::net: tiny_http 0.12's task pool can leave a connection
+/// that arrives in a burst waiting until another keep-alive connection closes.
 pub struct MockProvider {
-    server: Arc<tiny_http::Server>,
-    threads: Vec<JoinHandle<()>>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     scripts: Arc<Mutex<HashMap<String, VecDeque<Step>>>>,
     defaults: Arc<Mutex<HashMap<String, Step>>>,
     stop: Arc<AtomicBool>,
+    /// Requests answered so far (a request seen but not answered is in flight).
+    pub answered: Arc<std::sync::atomic::AtomicUsize>,
     pub port: u16,
+}
+
+#[derive(Clone)]
+struct MockState {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    scripts: Arc<Mutex<HashMap<String, VecDeque<Step>>>>,
+    defaults: Arc<Mutex<HashMap<String, Step>>>,
+    stop: Arc<AtomicBool>,
+    answered: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        418 => "I'm a teapot",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
+fn serve_connection(stream: std::net::TcpStream, st: MockState) {
+    use std::io::{BufRead, BufReader, Write};
+    let _ = stream.set_nodelay(true);
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut out = stream;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).map_or(true, |n| n == 0) {
+            return;
+        }
+        let mut parts = line.split_whitespace();
+        let method = parts.next().unwrap_or("").to_string();
+        let target = parts.next().unwrap_or("/").to_string();
+        let mut headers = Vec::new();
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h).map_or(true, |n| n == 0) {
+                return;
+            }
+            let h = h.trim_end();
+            if h.is_empty() {
+                break;
+            }
+            if let Some((k, v)) = h.split_once(':') {
+                headers.push((k.trim().to_string(), v.trim().to_string()));
+            }
+        }
+        let len = headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
+            return;
+        }
+        let path = target.split('?').next().unwrap_or("").to_string();
+        st.seen.lock().unwrap().push(Seen {
+            method,
+            path: path.clone(),
+            headers,
+            body,
+            at: Instant::now(),
+        });
+        let step = st
+            .scripts
+            .lock()
+            .unwrap()
+            .get_mut(&path)
+            .and_then(|q| q.pop_front())
+            .or_else(|| st.defaults.lock().unwrap().get(&path).cloned())
+            .unwrap_or_else(|| Step::json(200, r#"{"ok":true}"#));
+        if step.delay_ms > 0 {
+            std::thread::sleep(Duration::from_millis(step.delay_ms));
+        }
+        let mut resp = format!(
+            "HTTP/1.1 {} {}\r\nContent-Length: {}\r\n",
+            step.status,
+            reason(step.status),
+            step.body.len()
+        );
+        for (k, v) in &step.headers {
+            resp.push_str(&format!("{k}: {v}\r\n"));
+        }
+        resp.push_str("\r\n");
+        resp.push_str(&step.body);
+        if out.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+        st.answered.fetch_add(1, Ordering::SeqCst);
+        if st.stop.load(Ordering::SeqCst) {
+            return;
+        }
+    }
 }
 
 impl MockProvider {
     pub fn start() -> MockProvider {
-        Self::start_with_threads(32)
-    }
-
-    pub fn start_with_threads(n: usize) -> MockProvider {
-        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind mock"));
-        let port = server.server_addr().to_ip().expect("ip").port();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let scripts: Arc<Mutex<HashMap<String, VecDeque<Step>>>> = Arc::default();
-        let defaults: Arc<Mutex<HashMap<String, Step>>> = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let threads = (0..n)
-            .map(|_| {
-                let (server, seen, scripts, defaults, stop) = (
-                    server.clone(),
-                    seen.clone(),
-                    scripts.clone(),
-                    defaults.clone(),
-                    stop.clone(),
-                );
-                std::thread::spawn(move || {
-                    while let Ok(mut req) = server.recv() {
-                        if stop.load(Ordering::SeqCst) {
-                            break;
-                        }
-                        let mut body = Vec::new();
-                        let _ = req.as_reader().read_to_end(&mut body);
-                        let path = req.url().split('?').next().unwrap_or("").to_string();
-                        let rec = Seen {
-                            method: req.method().as_str().to_string(),
-                            path: path.clone(),
-                            headers: req
-                                .headers()
-                                .iter()
-                                .map(|h| {
-                                    (
-                                        h.field.as_str().as_str().to_string(),
-                                        h.value.as_str().to_string(),
-                                    )
-                                })
-                                .collect(),
-                            body,
-                            at: Instant::now(),
-                        };
-                        seen.lock().unwrap().push(rec);
-                        let step = scripts
-                            .lock()
-                            .unwrap()
-                            .get_mut(&path)
-                            .and_then(|q| q.pop_front())
-                            .or_else(|| defaults.lock().unwrap().get(&path).cloned())
-                            .unwrap_or_else(|| Step::json(200, r#"{"ok":true}"#));
-                        if step.delay_ms > 0 {
-                            std::thread::sleep(Duration::from_millis(step.delay_ms));
-                        }
-                        let mut resp = tiny_http::Response::from_string(step.body)
-                            .with_status_code(step.status);
-                        for (k, v) in step.headers {
-                            resp.add_header(
-                                tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).unwrap(),
-                            );
-                        }
-                        let _ = req.respond(resp);
-                    }
-                })
-            })
-            .collect();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind mock");
+        let port = listener.local_addr().expect("addr").port();
+        let st = MockState {
+            seen: Arc::default(),
+            scripts: Arc::default(),
+            defaults: Arc::default(),
+            stop: Arc::new(AtomicBool::new(false)),
+            answered: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        };
+        let accept_state = st.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if accept_state.stop.load(Ordering::SeqCst) {
+                    return;
+                }
+                if let Ok(stream) = conn {
+                    let st = accept_state.clone();
+                    std::thread::spawn(move || serve_connection(stream, st));
+                }
+            }
+        });
         MockProvider {
-            server,
-            threads,
-            seen,
-            scripts,
-            defaults,
-            stop,
+            seen: st.seen,
+            scripts: st.scripts,
+            defaults: st.defaults,
+            stop: st.stop,
+            answered: st.answered,
             port,
         }
     }
@@ -213,9 +269,8 @@ impl MockProvider {
 impl Drop for MockProvider {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        for _ in &self.threads {
-            self.server.unblock();
-        }
+        // Unblock the accept loop.
+        let _ = std::net::TcpStream::connect(("127.0.0.1", self.port));
     }
 }
 
