@@ -50,14 +50,11 @@ fn insert_jobs(db: &std::path::Path, n: usize, url: &str) -> Vec<i64> {
 
 fn count_state(db: &std::path::Path, state: &str) -> i64 {
     let store = Store::open(db, Default::default()).unwrap();
-    let n = store
-        .read()
-        .unwrap()
-        .query_row("SELECT COUNT(*) FROM jobs WHERE state = ?1", [state], |r| {
-            r.get(0)
-        })
-        .unwrap();
-    n
+    let conn = store.read().unwrap();
+    conn.query_row("SELECT COUNT(*) FROM jobs WHERE state = ?1", [state], |r| {
+        r.get(0)
+    })
+    .unwrap()
 }
 
 /// Requests per job, keyed by the job's Idempotency-Key.
