@@ -36,8 +36,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     result_headers  TEXT,
     result_body     BLOB,
     result_truncated INTEGER NOT NULL DEFAULT 0,
-    operation_id    INTEGER,
-    step_index      INTEGER,
+    operation_id    INTEGER,                        -- the operation this job is a step of
+    step_index      INTEGER,                        -- 0-based step of that operation
+    webhook_id      TEXT,                           -- Standard Webhooks message id, stable across retries
+    signing_key     TEXT,                           -- where the signing secret lives ('subscription:CHANNEL/NAME'); NULL = unsigned
     created_at      INTEGER NOT NULL,
     updated_at      INTEGER NOT NULL,
     finished_at     INTEGER
@@ -51,6 +53,7 @@ CREATE INDEX IF NOT EXISTS jobs_running ON jobs (lease_until) WHERE state = 'run
 CREATE INDEX IF NOT EXISTS jobs_state_id ON jobs (state, id);
 CREATE INDEX IF NOT EXISTS jobs_account_id ON jobs (account, id);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished_at) WHERE finished_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_operation ON jobs (operation_id, step_index) WHERE operation_id IS NOT NULL;
 
 -- The state machine of SPEC §2, enforced for every writer, including hand-written SQL.
 -- src/job.rs holds the same table; a test checks the two agree pair by pair.
@@ -186,4 +189,40 @@ CREATE TABLE IF NOT EXISTS outbox_rejected (
     reason      TEXT    NOT NULL,
     created_at  INTEGER NOT NULL,
     rejected_at INTEGER NOT NULL
+);
+
+-- Multi-step operations: an ordered list of steps, each run as a job when the one before
+-- it succeeded. `completed` is the recovery point: it moves in the same transaction as
+-- the step's outcome, together with the insert of the next step's job.
+CREATE TABLE IF NOT EXISTS operations (
+    id         INTEGER PRIMARY KEY,
+    token      TEXT    NOT NULL,
+    account    TEXT    NOT NULL,
+    steps      TEXT    NOT NULL,                    -- JSON array of step specs, as given
+    step_count INTEGER NOT NULL CHECK (step_count >= 1),
+    completed  INTEGER NOT NULL DEFAULT 0,          -- steps done (the recovery point)
+    results    TEXT    NOT NULL DEFAULT '[]',       -- JSON array: one response per completed step
+    error      TEXT,                                -- JSON {category, reason, message} when a step could not be built
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    CHECK (completed >= 0 AND completed <= step_count)
+);
+
+-- Pub/sub channels that have subscriptions (their payload schemas live in the config).
+CREATE TABLE IF NOT EXISTS channels (
+    name       TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL
+);
+
+-- Subscribers of a channel. The secret signs deliveries; never returned by any API.
+CREATE TABLE IF NOT EXISTS subscriptions (
+    channel    TEXT    NOT NULL,
+    name       TEXT    NOT NULL,
+    url        TEXT    NOT NULL,
+    secret     TEXT    NOT NULL,                    -- whsec_<base64>
+    status     TEXT    NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'disabled')),
+    reason     TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    PRIMARY KEY (channel, name)
 );

@@ -208,6 +208,10 @@ pub struct Job {
     pub result: Option<JobResult>,
     pub created_at: i64,
     pub updated_at: i64,
+    pub operation_id: Option<i64>,
+    pub step_index: Option<i64>,
+    pub webhook_id: Option<String>,
+    pub signing_key: Option<String>,
 }
 
 /// The stored response of a finished job.
@@ -263,6 +267,7 @@ impl Job {
             "next_run_at": next_run_at,
             "expires_at": self.expires_at.map(format_rfc3339),
             "metadata": self.metadata,
+            "operation_id": self.operation_id.map(|i| i.to_string()),
             "created_at": format_rfc3339(self.created_at),
             "updated_at": format_rfc3339(self.updated_at),
         })

@@ -27,6 +27,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod channel;
 pub mod classify;
 pub mod cli;
 pub mod clock;
@@ -35,13 +36,38 @@ pub mod engine;
 pub mod error;
 pub mod http_call;
 pub mod job;
+pub mod operation;
 pub mod rand;
 pub mod server;
 pub mod spec;
 pub mod store;
 pub mod time;
+pub mod webhook;
 
 pub use error::{Error, Result};
+
+/// Publishes `payload` on `channel` inside the caller's transaction, through the outbox:
+/// if the transaction commits, a running errand checks the payload against the channel's
+/// schema and creates one signed delivery per subscriber (or moves the row to
+/// `outbox_rejected` with the reason). Returns the outbox row id.
+///
+/// ```
+/// let dir = tempfile::tempdir().unwrap();
+/// let store = errand::store::Store::open(dir.path().join("app.db"), Default::default()).unwrap();
+/// let mut conn = store.writer();
+/// let tx = conn.transaction().unwrap();
+/// errand::publish(&tx, "email", &serde_json::json!({"to": "a@b.c", "subject": "hi"})).unwrap();
+/// tx.commit().unwrap();
+/// ```
+pub fn publish(
+    tx: &rusqlite::Transaction<'_>,
+    channel: &str,
+    payload: &serde_json::Value,
+) -> Result<i64> {
+    spec::check_name("channel", channel)?;
+    let row = serde_json::json!({"channel": channel, "payload": payload});
+    store::outbox::insert(tx, "event", &row.to_string())
+}
 
 /// Enqueues `job` inside the caller's transaction on an errand database: the job is
 /// created only if that transaction commits. Returns the new job's id. A running errand

@@ -37,6 +37,18 @@ pub enum Due {
     At(i64),
 }
 
+/// Fields errand sets itself on the jobs it creates (operation steps, deliveries); never
+/// taken from user input.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Internal {
+    /// (operation id, step index) of an operation's step.
+    pub operation: Option<(i64, i64)>,
+    /// The Standard Webhooks message id, stable across retries.
+    pub webhook_id: Option<String>,
+    /// Where the signing secret lives, e.g. `subscription:CHANNEL/NAME`.
+    pub signing_key: Option<String>,
+}
+
 /// A validated new job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewJob {
@@ -55,6 +67,7 @@ pub struct NewJob {
     pub callback_url: Option<String>,
     pub state: JobState,
     pub metadata: Value,
+    pub internal: Internal,
 }
 
 impl NewJob {
@@ -76,6 +89,7 @@ impl NewJob {
             callback_url: None,
             state: JobState::Approved,
             metadata: Value::Object(Map::new()),
+            internal: Internal::default(),
         }
     }
 
@@ -274,6 +288,7 @@ impl NewJob {
             callback_url,
             state,
             metadata,
+            internal: Internal::default(),
         })
     }
 }

@@ -198,6 +198,10 @@ mod tests {
             result: None,
             created_at: 0,
             updated_at: 0,
+            operation_id: None,
+            step_index: None,
+            webhook_id: None,
+            signing_key: None,
         }
     }
 

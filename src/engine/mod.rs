@@ -13,6 +13,7 @@
 pub mod decide;
 pub mod limits;
 pub mod metrics;
+pub mod outbox;
 mod scheduler;
 mod supervisor;
 pub mod waiters;

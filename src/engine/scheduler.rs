@@ -56,6 +56,13 @@ fn run(shared: &Shared, generation: usize) {
             || changed
             || now - last_pass >= tick
             || next_due.is_some_and(|t| t <= now);
+        if changed || now - last_pass >= tick {
+            // Another connection committed (an app's outbox insert, the CLI, another
+            // errand), or a tick passed: move outbox rows into jobs first.
+            if let Err(e) = super::outbox::drain_once(shared, now) {
+                log::error!("draining the outbox: {e}");
+            }
+        }
         if due {
             last_pass = now;
             match run_once(shared, now) {

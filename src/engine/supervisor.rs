@@ -185,6 +185,8 @@ pub fn reap_once(shared: &Shared, now: i64) -> Result<usize> {
                 notices: d.notices,
                 triage: None,
                 invalidate_credential: None,
+                operation: None,
+                disable_subscription: None,
             };
             if engine::record(tx, &f, now)? {
                 taken += 1;

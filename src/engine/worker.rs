@@ -82,6 +82,8 @@ fn base(job: &Job, next: Next, error: Option<JobError>, counted: bool) -> Finish
         notices: Vec::new(),
         triage: None,
         invalidate_credential: None,
+        operation: job.operation_id.zip(job.step_index),
+        disable_subscription: None,
     }
 }
 
@@ -124,13 +126,19 @@ fn internal_error(job: &Job) -> Finished {
     f
 }
 
-/// The preflight checks of SPEC §3.4: Ok(credential) to go ahead, Err(outcome) not to.
+/// What preflight hands to the call: the credential and the webhook signing key.
+struct Cleared {
+    credential: Option<Credential>,
+    signing_key: Option<Vec<u8>>,
+}
+
+/// The preflight checks of SPEC §3.4: Ok(cleared) to go ahead, Err(outcome) not to.
 fn preflight(
     shared: &Shared,
     job: &Job,
     provider: &Provider,
     now: i64,
-) -> Result<Result<Option<Credential>, Finished>> {
+) -> Result<Result<Cleared, Finished>> {
     let conn = shared.store.read()?;
     let account = accounts::get(&conn, &job.account)?;
     if accounts::global_paused(&conn)? || account.paused {
@@ -157,6 +165,21 @@ fn preflight(
             "the URL is outside the provider's base_url allowlist",
         )));
     }
+    let signing_key = match &job.signing_key {
+        None => None,
+        Some(key) => match crate::store::channels::signing_secret(&conn, key)?
+            .and_then(|s| crate::webhook::parse_secret("secret", &s).ok())
+        {
+            Some(k) => Some(k),
+            None => {
+                return Ok(Err(refuse(
+                    job,
+                    "subscription_disabled",
+                    "the subscription was deleted or disabled before this delivery",
+                )))
+            }
+        },
+    };
     let credential = accounts::credential(&conn, &job.account, &job.provider)?;
     match &credential {
         Some(c) if !c.valid => Ok(Err(refuse(
@@ -169,7 +192,10 @@ fn preflight(
             "credential_missing",
             "the provider requires a credential and the account has none; store one",
         ))),
-        _ => Ok(Ok(credential)),
+        _ => Ok(Ok(Cleared {
+            credential,
+            signing_key,
+        })),
     }
 }
 
@@ -184,7 +210,10 @@ fn describe(reply: &Reply) -> String {
 fn execute(shared: &Shared, job: &Job) -> Finished {
     let now = shared.now();
     let provider = shared.config.provider(&job.provider);
-    let credential = match preflight(shared, job, &provider, now) {
+    let Cleared {
+        credential,
+        signing_key,
+    } = match preflight(shared, job, &provider, now) {
         Ok(Ok(c)) => c,
         Ok(Err(f)) => {
             shared.limits.unadmit(&job.provider);
@@ -208,6 +237,18 @@ fn execute(shared: &Shared, job: &Job) -> Finished {
     if let Some(c) = &credential {
         headers.retain(|(k, _)| !k.eq_ignore_ascii_case(&c.header));
         headers.push((c.header.clone(), c.header_value()));
+    }
+    // Deliveries are signed per attempt: the timestamp is the send time, so a receiver's
+    // replay window holds for late retries; the message id is the same on every attempt.
+    if let (Some(key), Some(msg_id)) = (&signing_key, &job.webhook_id) {
+        let ts = shared.now() / 1000;
+        let body = job.body.as_deref().unwrap_or_default();
+        headers.push(("webhook-id".into(), msg_id.clone()));
+        headers.push(("webhook-timestamp".into(), ts.to_string()));
+        headers.push((
+            "webhook-signature".into(),
+            crate::webhook::sign(key, msg_id, ts, body),
+        ));
     }
     let call = Call {
         method: job.method.clone(),
@@ -304,7 +345,7 @@ fn execute(shared: &Shared, job: &Job) -> Finished {
         }),
         None => {}
     }
-    let triage = decision.triage.then(|| {
+    let mut triage = decision.triage.then(|| {
         (
             signature(&reply),
             http_call::redact_text(
@@ -322,6 +363,17 @@ fn execute(shared: &Shared, job: &Job) -> Finished {
         )
     });
     let mut f = base(job, decision.next, decision.error, true);
+    // A subscriber that answers 410 Gone does not want deliveries any more.
+    if job.signing_key.is_some() && matches!(&reply, Reply::Response { status: 410, .. }) {
+        f.next = Next::Cancel;
+        f.error = job_error(
+            "forbidden",
+            "subscription_gone",
+            "the subscriber answered 410 Gone; its subscription is disabled",
+        );
+        f.disable_subscription = job.signing_key.clone();
+        triage = None;
+    }
     f.record = Some(record);
     f.notices = notices;
     f.triage = triage;

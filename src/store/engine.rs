@@ -127,6 +127,11 @@ pub struct Finished {
     pub triage: Option<(String, String)>,
     /// The credential version a 401 answered; it is marked invalid.
     pub invalidate_credential: Option<i64>,
+    /// (operation, step) this job is: a success moves the operation's recovery point and
+    /// creates the next step's job in the same transaction.
+    pub operation: Option<(i64, i64)>,
+    /// The signing key of a subscription that answered 410 Gone: it is disabled.
+    pub disable_subscription: Option<String>,
 }
 
 const RECORD: &str = r#"
@@ -193,6 +198,28 @@ pub fn record(conn: &Connection, f: &Finished, now: i64) -> Result<bool> {
     }
     if let Some((sig, sample)) = &f.triage {
         notes::triage(conn, &f.provider, sig, sample, f.job_id, now)?;
+    }
+    if let (Some((op, step)), Some(r)) = (f.operation, result) {
+        super::operations::step_succeeded(conn, op, step, r, now)?;
+    }
+    if let Some(key) = &f.disable_subscription {
+        if super::channels::disable(conn, key, "the subscriber answered 410 Gone", now)? {
+            notes::notify(
+                conn,
+                &notes::Notice {
+                    kind: "subscription_disabled",
+                    account: Some(f.account.clone()),
+                    provider: Some(f.provider.clone()),
+                    job_id: Some(f.job_id),
+                    message: format!(
+                        "{} answered 410 Gone: subscription disabled",
+                        key.trim_start_matches("subscription:")
+                    ),
+                    dedupe_key: None,
+                },
+                now,
+            )?;
+        }
     }
     Ok(true)
 }

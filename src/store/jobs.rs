@@ -12,7 +12,8 @@ use crate::spec::{Due, NewJob, OutboundKey};
 pub(crate) const COLUMNS: &str = "id, token, account, provider, state, run_at, attempts, \
     max_attempts, method, url, headers, body, timeout_ms, backoff, idempotency_key, \
     expires_at, callback_url, metadata, lease_owner, lease_until, last_error, result_status, \
-    result_headers, result_body, result_truncated, created_at, updated_at";
+    result_headers, result_body, result_truncated, created_at, updated_at, operation_id, \
+    step_index, webhook_id, signing_key";
 
 fn json_col<T: serde::de::DeserializeOwned>(r: &Row, i: usize) -> rusqlite::Result<Option<T>> {
     let s: Option<String> = r.get(i)?;
@@ -64,6 +65,10 @@ pub(crate) fn from_row(r: &Row) -> rusqlite::Result<Job> {
         result,
         created_at: r.get(25)?,
         updated_at: r.get(26)?,
+        operation_id: r.get(27)?,
+        step_index: r.get(28)?,
+        webhook_id: r.get(29)?,
+        signing_key: r.get(30)?,
     })
 }
 
@@ -77,10 +82,10 @@ pub struct Inserted {
 const INSERT: &str = r#"
 INSERT INTO jobs (token, account, provider, state, run_at, max_attempts, method, url, headers,
                   body, timeout_ms, backoff, idempotency_key, expires_at, callback_url, metadata,
-                  created_at, updated_at)
+                  operation_id, step_index, webhook_id, signing_key, created_at, updated_at)
 VALUES (:token, :account, :provider, :state, :run_at, :max_attempts, :method, :url, :headers,
         :body, :timeout_ms, :backoff, :idempotency_key, :expires_at, :callback_url, :metadata,
-        :now, :now)
+        :operation_id, :step_index, :webhook_id, :signing_key, :now, :now)
 "#;
 
 /// Inserts a validated job at `now` (Unix ms) and returns its id and token. Run it in
@@ -120,6 +125,10 @@ pub fn insert(conn: &Connection, job: &NewJob, now: i64) -> Result<Inserted> {
         ":expires_at": job.expires_at,
         ":callback_url": job.callback_url,
         ":metadata": metadata,
+        ":operation_id": job.internal.operation.map(|o| o.0),
+        ":step_index": job.internal.operation.map(|o| o.1),
+        ":webhook_id": job.internal.webhook_id,
+        ":signing_key": job.internal.signing_key,
         ":now": now,
     })?;
     Ok(Inserted {

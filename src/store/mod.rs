@@ -9,10 +9,13 @@
 
 pub mod accounts;
 pub mod attempts;
+pub mod channels;
 pub mod engine;
 pub mod jobs;
 mod migrate;
 pub mod notes;
+pub mod operations;
+pub mod outbox;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};

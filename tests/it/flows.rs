@@ -1,0 +1,399 @@
+//! Issue: flows — multi-step operations with recovery points, the transactional outbox,
+//! channels with signed deliveries, and the Rust library API.
+
+use std::time::Duration;
+
+use errand::clock::{Clock, SystemClock};
+use errand::store::{channels, operations, Store};
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+fn now() -> i64 {
+    SystemClock.now_ms()
+}
+
+fn three_steps(p: &MockProvider) -> Value {
+    json!({"account": "acme", "steps": [
+        {"name": "charge", "request": {"method": "POST", "url": p.url("/charges"), "json": {"amount": 500}}},
+        {"name": "tokenize", "request": {"method": "POST",
+            "url": format!("{}/{{{{steps.charge.json.id}}}}", p.url("/tokens"))}},
+        {"name": "receipt", "request": {"method": "POST", "url": p.url("/receipts"),
+            "json": {"token": "{{steps.tokenize.json.token}}", "charge": "{{steps.charge.json.id}}"}},
+         "backoff": {"initial_ms": 50, "multiplier": 2, "max_ms": 200}}
+    ]})
+}
+
+fn create_op(store: &Store, body: &Value) -> i64 {
+    let (account, steps) = errand::operation::validate(body).unwrap();
+    store
+        .write(|tx| operations::create(tx, &account, &steps, now()))
+        .unwrap()
+        .id
+}
+
+fn op_json(store: &Store, id: i64) -> Value {
+    let conn = store.read().unwrap();
+    let op = operations::get(&conn, id).unwrap();
+    operations::to_json(&conn, &op).unwrap()
+}
+
+#[test]
+fn a_three_step_operation_retries_its_last_step_and_sends_each_earlier_step_once() {
+    let p = MockProvider::start();
+    p.default_for("/charges", Step::json(201, r#"{"id":"ch_42"}"#));
+    p.default_for("/tokens/ch_42", Step::json(200, r#"{"token":"tok_7"}"#));
+    p.script("/receipts", vec![Step::status(503), Step::status(503)]);
+    p.default_for("/receipts", Step::json(200, r#"{"sent":true}"#));
+    let env = TestEnv::new();
+    let engine = env.engine();
+    let id = create_op(&env.store, &three_steps(&p));
+    engine.shared().wake();
+    wait_for(15, "operation succeeded", || {
+        op_json(&env.store, id)["state"] == "succeeded"
+    });
+    assert_eq!(p.count("/charges"), 1);
+    assert_eq!(p.count("/tokens/ch_42"), 1);
+    assert_eq!(p.count("/receipts"), 3);
+    let receipt: Value = serde_json::from_slice(&p.requests("/receipts")[2].body).unwrap();
+    assert_eq!(receipt, json!({"token": "tok_7", "charge": "ch_42"}));
+    let v = op_json(&env.store, id);
+    let steps = v["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3);
+    assert_eq!(steps[0]["result"]["json"]["id"], "ch_42");
+    assert_eq!(steps[1]["result"]["json"]["token"], "tok_7");
+    assert_eq!(steps[2]["result"]["json"]["sent"], true);
+    assert_eq!(steps[2]["attempts"], 3);
+    // Each step's outbound key is derived from the operation and the step, stable on retries.
+    let keys: Vec<String> = p
+        .requests("/receipts")
+        .iter()
+        .map(|r| r.header("idempotency-key").unwrap().to_string())
+        .collect();
+    assert!(keys
+        .iter()
+        .all(|k| k == &keys[0] && k.ends_with("-receipt")));
+    assert_ne!(
+        p.requests("/charges")[0].header("idempotency-key"),
+        Some(keys[0].as_str())
+    );
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn a_step_whose_template_has_no_value_is_never_sent() {
+    let p = MockProvider::start();
+    p.default_for("/charges", Step::json(201, r#"{"other":"x"}"#));
+    let env = TestEnv::new();
+    let engine = env.engine();
+    let id = create_op(&env.store, &three_steps(&p));
+    engine.shared().wake();
+    wait_for(10, "operation canceled", || {
+        op_json(&env.store, id)["state"] == "canceled"
+    });
+    let v = op_json(&env.store, id);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("steps.charge.json.id"),
+        "{v}"
+    );
+    assert_eq!(p.count("/charges"), 1);
+    assert_eq!(
+        p.seen.lock().unwrap().len(),
+        1,
+        "nothing after the charge was sent"
+    );
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn a_held_step_holds_the_operation_and_retrying_it_resumes_there() {
+    let p = MockProvider::start();
+    p.default_for("/charges", Step::json(201, r#"{"id":"ch_1"}"#));
+    p.script("/tokens/ch_1", vec![Step::status(418)]);
+    p.default_for("/tokens/ch_1", Step::json(200, r#"{"token":"t"}"#));
+    let env = TestEnv::new();
+    let engine = env.engine();
+    let id = create_op(&env.store, &three_steps(&p));
+    engine.shared().wake();
+    wait_for(10, "operation held", || {
+        op_json(&env.store, id)["state"] == "held"
+    });
+    let job_id: i64 = op_json(&env.store, id)["steps"][1]["job_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    env.store
+        .write(|tx| {
+            errand::store::jobs::user_action(tx, job_id, errand::job::UserAction::Retry, now())
+        })
+        .unwrap();
+    engine.shared().wake();
+    wait_for(10, "operation succeeded", || {
+        op_json(&env.store, id)["state"] == "succeeded"
+    });
+    assert_eq!(p.count("/charges"), 1);
+    assert_eq!(p.count("/tokens/ch_1"), 2);
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn sigkill_between_steps_resumes_at_the_next_step_without_resending_completed_ones() {
+    let p = MockProvider::start();
+    p.default_for("/charges", Step::json(201, r#"{"id":"ch_9"}"#));
+    p.script(
+        "/tokens/ch_9",
+        vec![Step::json(200, r#"{"token":"tk"}"#).delay(3_000)],
+    );
+    p.default_for("/tokens/ch_9", Step::json(200, r#"{"token":"tk"}"#));
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("ops.db");
+    let store = Store::open(&db, Default::default()).unwrap();
+    let mut body = three_steps(&p);
+    body["steps"][1]["backoff"] = json!({"initial_ms": 50, "multiplier": 2, "max_ms": 200});
+    let id = create_op(&store, &body);
+    let mut first = ServeProcess::start(dir.path(), &db, &[], &[]);
+    wait_for(10, "charge done and tokenize in flight", || {
+        op_json(&store, id)["completed_steps"] == 1 && p.count("/tokens/ch_9") == 1
+    });
+    first.signal("KILL");
+    first.wait_exit(10);
+    let _second = ServeProcess::start(dir.path(), &db, &[], &[]);
+    wait_for(20, "operation succeeded after restart", || {
+        op_json(&store, id)["state"] == "succeeded"
+    });
+    assert_eq!(p.count("/charges"), 1, "the completed step was not re-sent");
+    let tokens = p.requests("/tokens/ch_9");
+    assert_eq!(
+        tokens.len(),
+        2,
+        "the step in flight at the kill was resumed"
+    );
+    assert_eq!(
+        tokens[0].header("idempotency-key"),
+        tokens[1].header("idempotency-key")
+    );
+    assert_eq!(p.count("/receipts"), 1);
+}
+
+fn python_sqlite(db: &std::path::Path, script: &str) {
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(db)
+        .output()
+        .expect("python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn outbox_rows_committed_by_python_are_sent_rolled_back_ones_never_and_bad_ones_rejected() {
+    let p = MockProvider::start();
+    let env = TestEnv::with_config("[scheduler]\ntick_ms = 60000\n");
+    let engine = env.engine();
+    let good = json!({"account": "acme", "request": {"url": p.url("/from-outbox")}}).to_string();
+    let rolled = json!({"account": "acme", "request": {"url": p.url("/rolled-back")}}).to_string();
+    let script = format!(
+        r#"
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN")
+db.execute("INSERT INTO outbox (payload) VALUES (?)", ({good:?},))
+db.execute("COMMIT")
+db.execute("BEGIN")
+db.execute("INSERT INTO outbox (payload) VALUES (?)", ({rolled:?},))
+db.execute("ROLLBACK")
+db.execute("INSERT INTO outbox (payload) VALUES ('{{not json')")
+"#
+    );
+    let start = std::time::Instant::now();
+    python_sqlite(&env.db_path(), &script);
+    wait_for(2, "the committed row is sent within 2 s", || {
+        p.count("/from-outbox") == 1
+    });
+    eprintln!(
+        "outbox row sent {:?} after the python insert finished",
+        start.elapsed()
+    );
+    wait_for(2, "the bad row is rejected", || {
+        env.count_sql("SELECT COUNT(*) FROM outbox_rejected") == 1
+    });
+    let reason: String = env
+        .store
+        .read()
+        .unwrap()
+        .query_row("SELECT reason FROM outbox_rejected", [], |r| r.get(0))
+        .unwrap();
+    assert!(reason.contains("not valid JSON"), "{reason}");
+    assert_eq!(env.count_sql("SELECT COUNT(*) FROM outbox"), 0);
+    // A few more data_version polls: the rolled-back row never appears.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(p.count("/rolled-back"), 0);
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn the_rust_library_enqueues_and_publishes_inside_the_callers_transaction() {
+    let p = MockProvider::start();
+    let env = TestEnv::new();
+    let engine = env.engine();
+    {
+        let mut conn = env.store.writer();
+        let tx = conn.transaction().unwrap();
+        errand::enqueue(&tx, &fast_job("acme", &p.url("/rolled"))).unwrap();
+        drop(tx); // rolled back
+        let tx = conn.transaction().unwrap();
+        let id = errand::enqueue(&tx, &fast_job("acme", &p.url("/kept"))).unwrap();
+        tx.commit().unwrap();
+        assert!(id > 0);
+    }
+    engine.shared().wake();
+    wait_for(5, "committed job sent", || p.count("/kept") == 1);
+    assert_eq!(env.count_sql("SELECT COUNT(*) FROM jobs"), 1);
+    assert_eq!(p.count("/rolled"), 0);
+    engine.shutdown(Duration::from_secs(5));
+}
+
+const SECRET_A: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const SECRET_B: &str = "whsec_C2VjcmV0LWZvci1zdWJzY3JpYmVyLWI=";
+
+fn verify(secret: &str, seen: &Seen) -> bool {
+    let key = errand::webhook::parse_secret("s", secret).unwrap();
+    let id = seen.header("webhook-id").unwrap();
+    let ts: i64 = seen.header("webhook-timestamp").unwrap().parse().unwrap();
+    errand::webhook::verify(
+        &key,
+        id,
+        ts,
+        &seen.body,
+        seen.header("webhook-signature").unwrap(),
+    )
+}
+
+#[test]
+fn an_event_reaches_each_subscriber_signed_and_a_down_one_gets_it_after_recovering() {
+    let p = MockProvider::start();
+    p.script("/hook-b", vec![Step::status(503), Step::status(503)]);
+    let env = TestEnv::with_config(
+        "[providers.webhook]\nbackoff = { initial_ms = 50, multiplier = 2.0, max_ms = 200 }\n\n[channels.email]\nschema = { required = [\"to\", \"subject\"], properties = { to = \"string\", subject = \"string\" } }\n",
+    );
+    env.store
+        .write(|tx| {
+            channels::put_subscription(tx, "email", "a", &p.url("/hook-a"), SECRET_A, 1)?;
+            channels::put_subscription(tx, "email", "b", &p.url("/hook-b"), SECRET_B, 1)
+        })
+        .unwrap();
+    let engine = env.engine();
+    let config = engine.shared().config.clone();
+    let bad = env.store.write(|tx| {
+        errand::engine::outbox::publish(tx, &config, "email", &json!({"to": "x@y.z"}), now())
+    });
+    let e = bad.unwrap_err().to_string();
+    assert!(e.starts_with("payload.subject:"), "{e}");
+    assert_eq!(
+        env.count_sql("SELECT COUNT(*) FROM jobs"),
+        0,
+        "nothing written for a refused event"
+    );
+    let ids = env
+        .store
+        .write(|tx| {
+            errand::engine::outbox::publish(
+                tx,
+                &config,
+                "email",
+                &json!({"to": "x@y.z", "subject": "hi"}),
+                now(),
+            )
+        })
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    engine.shared().wake();
+    wait_for(10, "both delivered", || {
+        ids.iter().all(|&i| env.state(i) == "succeeded")
+    });
+    let a = p.requests("/hook-a");
+    let b = p.requests("/hook-b");
+    assert_eq!(a.len(), 1, "the healthy subscriber got it once");
+    assert_eq!(b.len(), 3);
+    assert!(verify(SECRET_A, &a[0]));
+    assert!(
+        !verify(SECRET_B, &a[0]),
+        "signed with the subscriber's own secret"
+    );
+    assert!(b.iter().all(|r| verify(SECRET_B, r)));
+    assert!(b
+        .iter()
+        .all(|r| r.header("webhook-id") == a[0].header("webhook-id")));
+    let body: Value = serde_json::from_slice(&a[0].body).unwrap();
+    assert_eq!(body["type"], "email");
+    assert_eq!(body["data"], json!({"to": "x@y.z", "subject": "hi"}));
+    // The healthy one was not held back by the other's failures.
+    assert!(a[0].at <= b[1].at);
+    // No secret in the stored jobs or attempts.
+    for secret in [SECRET_A, SECRET_B] {
+        let n = env.count_sql(&format!(
+            "SELECT COUNT(*) FROM attempts WHERE instr(request_headers, '{secret}') OR instr(CAST(request_body AS TEXT), '{secret}')"
+        ));
+        assert_eq!(n, 0);
+    }
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn a_subscriber_answering_410_is_disabled_with_a_notification() {
+    let p = MockProvider::start();
+    p.default_for("/gone", Step::status(410));
+    let env = TestEnv::new();
+    env.store
+        .write(|tx| channels::put_subscription(tx, "orders", "old", &p.url("/gone"), SECRET_A, 1))
+        .unwrap();
+    let engine = env.engine();
+    let config = engine.shared().config.clone();
+    let ids = env
+        .store
+        .write(|tx| errand::engine::outbox::publish(tx, &config, "orders", &json!({"n": 1}), now()))
+        .unwrap();
+    engine.shared().wake();
+    wait_for(10, "delivery canceled", || env.state(ids[0]) == "canceled");
+    let subs = channels::list_subscriptions(&env.store.read().unwrap(), Some("orders")).unwrap();
+    assert_eq!(subs[0].status, "disabled");
+    assert_eq!(
+        env.count_sql("SELECT COUNT(*) FROM notifications WHERE kind = 'subscription_disabled'"),
+        1
+    );
+    let again = env
+        .store
+        .write(|tx| errand::engine::outbox::publish(tx, &config, "orders", &json!({"n": 2}), now()))
+        .unwrap();
+    assert!(again.is_empty(), "no delivery to a disabled subscription");
+    assert_eq!(p.count("/gone"), 1);
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn an_event_row_in_the_outbox_is_published() {
+    let p = MockProvider::start();
+    let env = TestEnv::new();
+    env.store
+        .write(|tx| channels::put_subscription(tx, "orders", "s", &p.url("/sub"), SECRET_A, 1))
+        .unwrap();
+    let engine = env.engine();
+    {
+        let mut conn = env.store.writer();
+        let tx = conn.transaction().unwrap();
+        errand::publish(&tx, "orders", &json!({"order": 7})).unwrap();
+        tx.commit().unwrap();
+    }
+    engine.shared().wake();
+    wait_for(5, "delivered", || p.count("/sub") == 1);
+    assert!(verify(SECRET_A, &p.requests("/sub")[0]));
+    engine.shutdown(Duration::from_secs(5));
+}
