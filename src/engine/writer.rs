@@ -105,6 +105,24 @@ fn run(shared: &Shared) {
     }
 }
 
+/// The outcome written when the real one could not be: the job is held in draft.
+fn held_for_review(f: &Finished, e: &Error) -> Finished {
+    Finished {
+        next: engine::Next::Hold,
+        error: Some(crate::job::JobError {
+            category: "unclassified".into(),
+            reason: "internal_error".into(),
+            message: format!("errand could not record this attempt's outcome ({e}); check and retry"),
+        }),
+        notices: Vec::new(),
+        triage: None,
+        invalidate_credential: None,
+        operation: None,
+        disable_subscription: None,
+        ..f.clone()
+    }
+}
+
 /// Commits one batch. On a failed commit the outcomes are handed back to be retried
 /// (their leases are still held) and every other caller gets the error.
 fn commit(shared: &Shared, batch: Vec<WriteOp>) -> std::result::Result<(), Vec<Finished>> {
@@ -123,8 +141,15 @@ fn commit(shared: &Shared, batch: Vec<WriteOp>) -> std::result::Result<(), Vec<F
                         finished.push((f, applied));
                     }
                     Err(e) => {
-                        log::error!("recording the outcome of job {}: {e}", f.job_id);
-                        drop(sp);
+                        // Never leave the job running under our lease: hold it for a person
+                        // with the attempt logged, without the side effects that failed.
+                        log::error!("recording the outcome of job {}: {e}; holding it for review", f.job_id);
+                        sp.rollback()?;
+                        let fallback = held_for_review(&f, &e);
+                        if engine::record(&sp, &fallback, now).is_ok() {
+                            sp.commit()?;
+                            finished.push((Box::new(fallback), true));
+                        }
                     }
                 },
                 WriteOp::Exec(f, reply) => match f(&sp) {

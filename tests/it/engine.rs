@@ -435,3 +435,21 @@ fn max_attempts_and_timeouts_come_from_the_provider_when_the_job_has_none() {
     assert_eq!(p.count("/down"), 2);
     engine.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn an_outcome_whose_side_effects_fail_holds_the_job_instead_of_leaving_it_running() {
+    let p = MockProvider::start();
+    let env = TestEnv::new();
+    let engine = env.engine();
+    let mut job = fast_job("acme", &p.url("/orphan"));
+    job.internal.operation = Some((987_654, 0)); // no such operation: advancing it fails
+    let id = env.insert(&job);
+    engine.shared().wake();
+    wait_for(10, "held for review", || env.state(id) == "draft");
+    let j = env.job(id);
+    assert_eq!(j.last_error.unwrap().reason, "internal_error");
+    assert_eq!(j.lease_owner, None);
+    let log = attempts::list_json(&env.store.read().unwrap(), id).unwrap();
+    assert_eq!(log.len(), 1, "the attempt is still in the audit log");
+    engine.shutdown(Duration::from_secs(5));
+}
