@@ -112,7 +112,9 @@ fn held_for_review(f: &Finished, e: &Error) -> Finished {
         error: Some(crate::job::JobError {
             category: "unclassified".into(),
             reason: "internal_error".into(),
-            message: format!("errand could not record this attempt's outcome ({e}); check and retry"),
+            message: format!(
+                "errand could not record this attempt's outcome ({e}); check and retry"
+            ),
         }),
         notices: Vec::new(),
         triage: None,
@@ -143,7 +145,10 @@ fn commit(shared: &Shared, batch: Vec<WriteOp>) -> std::result::Result<(), Vec<F
                     Err(e) => {
                         // Never leave the job running under our lease: hold it for a person
                         // with the attempt logged, without the side effects that failed.
-                        log::error!("recording the outcome of job {}: {e}; holding it for review", f.job_id);
+                        log::error!(
+                            "recording the outcome of job {}: {e}; holding it for review",
+                            f.job_id
+                        );
                         sp.rollback()?;
                         let fallback = held_for_review(&f, &e);
                         if engine::record(&sp, &fallback, now).is_ok() {

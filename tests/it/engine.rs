@@ -453,3 +453,92 @@ fn an_outcome_whose_side_effects_fail_holds_the_job_instead_of_leaving_it_runnin
     assert_eq!(log.len(), 1, "the attempt is still in the audit log");
     engine.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn max_concurrency_caps_requests_in_flight_to_a_provider() {
+    let p = MockProvider::start();
+    p.default_for("/capped", Step::status(200).delay(100));
+    let env = TestEnv::with_config("[providers.capped]\nmax_concurrency = 2\n");
+    let engine = env.engine();
+    let ids: Vec<i64> = (0..10)
+        .map(|_| {
+            let mut j = fast_job("acme", &p.url("/capped"));
+            j.provider = "capped".into();
+            env.insert(&j)
+        })
+        .collect();
+    engine.shared().wake();
+    wait_for(15, "all done", || {
+        ids.iter().all(|&i| env.state(i) == "succeeded")
+    });
+    assert_eq!(p.max_in_flight.load(std::sync::atomic::Ordering::SeqCst), 2);
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn a_rate_limit_spaces_requests_per_account() {
+    let p = MockProvider::start();
+    let env = TestEnv::with_config(
+        "[providers.rl]\nrate_limit = { per_second = 10.0, burst = 1, per_account = true }\n",
+    );
+    let engine = env.engine();
+    let mut ids = vec![];
+    for account in ["a", "b"] {
+        for _ in 0..5 {
+            let mut j = fast_job(account, &p.url(&format!("/rl-{account}")));
+            j.provider = "rl".into();
+            ids.push(env.insert(&j));
+        }
+    }
+    engine.shared().wake();
+    wait_for(15, "all done", || {
+        ids.iter().all(|&i| env.state(i) == "succeeded")
+    });
+    for account in ["a", "b"] {
+        let seen = p.requests(&format!("/rl-{account}"));
+        for w in seen.windows(2) {
+            // 10/s with a burst of 1: at least ~100 ms apart (a little slack for clocks).
+            assert!(
+                w[1].at - w[0].at >= Duration::from_millis(90),
+                "{:?}",
+                w[1].at - w[0].at
+            );
+        }
+    }
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn a_failing_provider_opens_its_circuit_and_a_probe_closes_it() {
+    let p = MockProvider::start();
+    p.script("/cb", vec![Step::status(503); 4]);
+    let env = TestEnv::with_config(
+        "[providers.cb]\ncircuit_breaker = { failure_ratio = 0.5, min_calls = 4, open_s = 1 }\nbackoff = { initial_ms = 10, multiplier = 1.0, max_ms = 10 }\n",
+    );
+    let engine = env.engine();
+    let ids: Vec<i64> = (0..4)
+        .map(|_| {
+            let mut j = NewJob::get("acme", &p.url("/cb"));
+            j.provider = "cb".into();
+            env.insert(&j)
+        })
+        .collect();
+    engine.shared().wake();
+    wait_for(10, "circuit opened", || {
+        notifications(&env, "provider_down") == 1
+    });
+    let sent_when_open = p.count("/cb");
+    assert_eq!(sent_when_open, 4);
+    wait_for(10, "a probe closed it", || {
+        notifications(&env, "provider_recovered") == 1
+    });
+    wait_for(10, "all jobs done", || {
+        ids.iter().all(|&i| env.state(i) == "succeeded")
+    });
+    assert_eq!(
+        p.count("/cb"),
+        8,
+        "no attempt was spent while the circuit was open"
+    );
+    engine.shutdown(Duration::from_secs(5));
+}

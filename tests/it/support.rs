@@ -95,6 +95,8 @@ pub struct MockProvider {
     stop: Arc<AtomicBool>,
     /// Requests answered so far (a request seen but not answered is in flight).
     pub answered: Arc<std::sync::atomic::AtomicUsize>,
+    /// The most requests that were in flight at once.
+    pub max_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     pub port: u16,
 }
 
@@ -105,6 +107,7 @@ struct MockState {
     defaults: Arc<Mutex<HashMap<String, Step>>>,
     stop: Arc<AtomicBool>,
     answered: Arc<std::sync::atomic::AtomicUsize>,
+    max_in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn reason(status: u16) -> &'static str {
@@ -160,13 +163,17 @@ fn serve_connection(stream: std::net::TcpStream, st: MockState) {
             return;
         }
         let path = target.split('?').next().unwrap_or("").to_string();
-        st.seen.lock().unwrap().push(Seen {
+        let mut seen = st.seen.lock().unwrap();
+        let in_flight = seen.len() + 1 - st.answered.load(Ordering::SeqCst);
+        st.max_in_flight.fetch_max(in_flight, Ordering::SeqCst);
+        seen.push(Seen {
             method,
             path: path.clone(),
             headers,
             body,
             at: Instant::now(),
         });
+        drop(seen);
         let step = st
             .scripts
             .lock()
@@ -209,6 +216,7 @@ impl MockProvider {
             defaults: Arc::default(),
             stop: Arc::new(AtomicBool::new(false)),
             answered: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            max_in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
         };
         let accept_state = st.clone();
         std::thread::spawn(move || {
@@ -228,6 +236,7 @@ impl MockProvider {
             defaults: st.defaults,
             stop: st.stop,
             answered: st.answered,
+            max_in_flight: st.max_in_flight,
             port,
         }
     }
