@@ -187,6 +187,7 @@ pub fn reap_once(shared: &Shared, now: i64) -> Result<usize> {
                 invalidate_credential: None,
                 operation: None,
                 disable_subscription: None,
+                callback_url: job.callback_url.clone(),
             };
             if engine::record(tx, &f, now)? {
                 taken += 1;

@@ -84,6 +84,7 @@ fn base(job: &Job, next: Next, error: Option<JobError>, counted: bool) -> Finish
         invalidate_credential: None,
         operation: job.operation_id.zip(job.step_index),
         disable_subscription: None,
+        callback_url: job.callback_url.clone(),
     }
 }
 

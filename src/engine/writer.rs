@@ -121,6 +121,7 @@ fn held_for_review(f: &Finished, e: &Error) -> Finished {
         invalidate_credential: None,
         operation: None,
         disable_subscription: None,
+        callback_url: None,
         ..f.clone()
     }
 }

@@ -132,6 +132,23 @@ pub struct Finished {
     pub operation: Option<(i64, i64)>,
     /// The signing key of a subscription that answered 410 Gone: it is disabled.
     pub disable_subscription: Option<String>,
+    /// The job's `callback_url`: when the job finishes or is held, the job as the API
+    /// shows it is POSTed there (as an errand job itself, with retries).
+    pub callback_url: Option<String>,
+}
+
+/// Enqueues the callback of job `id` (state `to`) to `url`, in the outcome's transaction.
+fn enqueue_callback(conn: &Connection, id: i64, attempt: i64, url: &str, now: i64) -> Result<()> {
+    let job = super::jobs::get(conn, id)?;
+    let mut cb = crate::spec::NewJob::get(&job.account, url);
+    cb.provider = "callback".into();
+    cb.method = "POST".into();
+    cb.headers = vec![("Content-Type".into(), "application/json".into())];
+    cb.body = Some(serde_json::to_vec(&job.to_json()).unwrap_or_default());
+    cb.idempotency_key = crate::spec::OutboundKey::Given(format!("errand-callback-{id}-{attempt}"));
+    cb.metadata = serde_json::json!({"callback_for": id.to_string()});
+    super::jobs::insert(conn, &cb, now)?;
+    Ok(())
 }
 
 const RECORD: &str = r#"
@@ -201,6 +218,14 @@ pub fn record(conn: &Connection, f: &Finished, now: i64) -> Result<bool> {
     }
     if let (Some((op, step)), Some(r)) = (f.operation, result) {
         super::operations::step_succeeded(conn, op, step, r, now)?;
+    }
+    if let Some(url) = &f.callback_url {
+        if matches!(
+            to,
+            JobState::Succeeded | JobState::Canceled | JobState::Draft
+        ) {
+            enqueue_callback(conn, f.job_id, f.attempt, url, now)?;
+        }
     }
     if let Some(key) = &f.disable_subscription {
         if super::channels::disable(conn, key, "the subscriber answered 410 Gone", now)? {

@@ -542,3 +542,20 @@ fn a_failing_provider_opens_its_circuit_and_a_probe_closes_it() {
     );
     engine.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn a_finished_job_posts_itself_to_its_callback_url() {
+    let p = MockProvider::start();
+    let env = TestEnv::new();
+    let engine = env.engine();
+    let mut job = fast_job("acme", &p.url("/work"));
+    job.callback_url = Some(p.url("/callback"));
+    let id = env.insert(&job);
+    engine.shared().wake();
+    wait_for(10, "callback delivered", || p.count("/callback") == 1);
+    let body: serde_json::Value = serde_json::from_slice(&p.requests("/callback")[0].body).unwrap();
+    assert_eq!(body["id"], id.to_string());
+    assert_eq!(body["state"], "succeeded");
+    assert_eq!(body["result"]["status"], 200);
+    engine.shutdown(Duration::from_secs(5));
+}
