@@ -40,6 +40,7 @@ pub mod server;
 pub mod spec;
 pub mod store;
 pub mod time;
+pub mod webhook;
 
 pub use error::{Error, Result};
 

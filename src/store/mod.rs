@@ -13,6 +13,7 @@ pub mod engine;
 pub mod jobs;
 mod migrate;
 pub mod notes;
+pub mod stats;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
