@@ -151,7 +151,11 @@ fn overview(api: &Api, s: &Session, notice: Option<&str>) -> Result<Reply> {
             Circuit::Closed => badge("closed"),
             Circuit::HalfOpen => badge("half-open"),
             Circuit::Open { until_ms } => {
-                format!("{} until {}", badge("open"), when(until_ms, now))
+                format!(
+                    "{} for {}",
+                    badge("open"),
+                    super::html::human_ms(until_ms - now)
+                )
             }
         };
         let rate = api
