@@ -49,9 +49,13 @@ fn login_page(status: u16, message: Option<&str>) -> Reply {
     page(status, "Log in", None, None, &body)
 }
 
-/// True when a browser's `Origin` (sent with POSTs) is not this host: a cross-site form.
+/// True when a browser's `Origin` (sent with POSTs) is not this host (as the browser saw
+/// it: `X-Forwarded-Host` behind a proxy, else `Host`): a cross-site form.
 fn cross_origin(req: &Req) -> bool {
-    let (Some(origin), Some(host)) = (req.header("origin"), req.header("host")) else {
+    let host = req
+        .header("x-forwarded-host")
+        .or_else(|| req.header("host"));
+    let (Some(origin), Some(host)) = (req.header("origin"), host) else {
         return false;
     };
     let origin_host = origin
