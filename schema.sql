@@ -143,9 +143,14 @@ CREATE TABLE IF NOT EXISTS notifications (
     job_id     INTEGER,
     message    TEXT    NOT NULL,
     dedupe_key TEXT UNIQUE,
-    created_at INTEGER NOT NULL
+    created_at INTEGER NOT NULL,
+    -- The job that delivers it to notify_url (set in the transaction that enqueues that
+    -- job); 0 when it is not delivered (about a delivery job itself); NULL until then.
+    delivery_job INTEGER
 );
 CREATE INDEX IF NOT EXISTS notifications_account ON notifications (account, id);
+-- Notifications still to hand to notify_url: the supervisor's delivery pass.
+CREATE INDEX IF NOT EXISTS notifications_undelivered ON notifications (id) WHERE delivery_job IS NULL;
 
 -- Errors no rule classifies, grouped by signature.
 CREATE TABLE IF NOT EXISTS triage (

@@ -29,6 +29,7 @@ struct RawConfig {
     max_request_bytes: Option<u64>,
     response_body_cap: Option<usize>,
     notify_url: Option<String>,
+    notify_secret: Option<String>,
     triage_url: Option<String>,
     scheduler: Option<RawScheduler>,
     retention: Option<RawRetention>,
@@ -220,6 +221,8 @@ pub struct Config {
     pub max_request_bytes: u64,
     pub response_body_cap: usize,
     pub notify_url: Option<String>,
+    /// Signs `notify_url` deliveries the Standard Webhooks way (`whsec_<base64>`).
+    pub notify_secret: Option<crate::webhook::Secret>,
     pub triage_url: Option<String>,
     pub retention_attempts_days: Option<i64>,
     pub retention_jobs_days: Option<i64>,
@@ -243,6 +246,7 @@ impl Default for Config {
             max_request_bytes: 5 * 1024 * 1024,
             response_body_cap: 1024 * 1024,
             notify_url: None,
+            notify_secret: None,
             triage_url: None,
             retention_attempts_days: None,
             retention_jobs_days: None,
@@ -301,6 +305,11 @@ impl Config {
         }
         if let Some(v) = env("ERRAND_API_TOKEN") {
             cfg.api_token = Some(v).filter(|t| !t.is_empty());
+        }
+        if let Some(v) = env("ERRAND_NOTIFY_SECRET").filter(|v| !v.is_empty()) {
+            cfg.notify_secret = Some(
+                crate::webhook::Secret::parse(&v).map_err(|e| bad("ERRAND_NOTIFY_SECRET", e))?,
+            );
         }
         if let Some(v) = env("ERRAND_WORKERS") {
             cfg.workers = v
@@ -372,6 +381,10 @@ impl Config {
                 crate::spec::check_url(key, u).map_err(|e| bad(key, e.to_string()))?;
             }
         }
+        let notify_secret = match &raw.notify_secret {
+            None => None,
+            Some(s) => Some(crate::webhook::Secret::parse(s).map_err(|e| bad("notify_secret", e))?),
+        };
         let retention = raw.retention.unwrap_or_default();
         for (key, v) in [
             ("retention.attempts_days", retention.attempts_days),
@@ -410,6 +423,7 @@ impl Config {
             max_request_bytes: raw.max_request_bytes.unwrap_or(d.max_request_bytes),
             response_body_cap: raw.response_body_cap.unwrap_or(d.response_body_cap),
             notify_url: raw.notify_url,
+            notify_secret,
             triage_url: raw.triage_url,
             retention_attempts_days: retention.attempts_days,
             retention_jobs_days: retention.jobs_days,

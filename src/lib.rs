@@ -9,7 +9,9 @@
 //! - [`store`]: the only module that speaks SQL (`schema.sql` is the one definition).
 //! - [`engine`]: scheduler, workers, writer and supervisor threads.
 //! - [`classify`], [`backoff`]: pure decisions. [`http_call`]: one outbound request.
-//! - [`api`]: the HTTP API on tiny_http. [`cli`]: the command line. [`config`]: settings.
+//! - [`api`]: the HTTP API on tiny_http, the admin page, `/metrics`, `/readyz`,
+//!   `/client.js`. [`cli`]: the command line. [`config`]: settings.
+//! - [`webhook`]: Standard Webhooks signatures for `notify_url` and channel deliveries.
 //!
 //! # Enqueue inside your own transaction
 //!

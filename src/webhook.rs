@@ -1,96 +1,166 @@
-//! Standard Webhooks signatures: `webhook-signature: v1,<base64 HMAC-SHA256 of
-//! "id.timestamp.body">`, with the secret given as `whsec_<base64>`.
+//! Standard Webhooks signatures (<https://www.standardwebhooks.com/>): the headers
+//! `webhook-id`, `webhook-timestamp` and `webhook-signature: v1,<base64>`, where the
+//! signature is HMAC-SHA256 of `"{id}.{timestamp}.{body}"` keyed with the secret given as
+//! `whsec_<base64>`. Used for `notify_url` deliveries and channel deliveries.
 
+use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::error::{Error, Result};
+/// How far a receiver lets `webhook-timestamp` stray from its clock by default (seconds).
+pub const DEFAULT_TOLERANCE_S: i64 = 300;
 
-/// Decodes a `whsec_<base64>` secret into its key bytes.
-pub fn parse_secret(field: &str, secret: &str) -> Result<Vec<u8>> {
-    let b64 = secret.strip_prefix("whsec_").ok_or_else(|| {
-        Error::invalid(
-            field,
-            "must look like whsec_<base64>, e.g. whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
-        )
-    })?;
-    let key = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|_| Error::invalid(field, "the part after whsec_ is not valid base64"))?;
-    if key.len() < 16 {
-        return Err(Error::invalid(field, "the key must be at least 16 bytes"));
+/// A signing secret, decoded from its `whsec_<base64>` form. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
     }
-    Ok(key)
 }
 
-/// The `webhook-signature` value for one delivery attempt.
-pub fn sign(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8]) -> String {
-    // HMAC accepts keys of any length, so new_from_slice cannot fail here.
-    let mut mac = match Hmac::<Sha256>::new_from_slice(key) {
-        Ok(m) => m,
-        Err(_) => return String::new(),
-    };
+impl Secret {
+    /// Parses `whsec_<base64>` (the prefix is optional, as in the reference libraries).
+    /// The error is the reason, for the caller to put after the setting's name.
+    pub fn parse(s: &str) -> std::result::Result<Secret, &'static str> {
+        let b64 = s.strip_prefix("whsec_").unwrap_or(s);
+        let key = STANDARD.decode(b64).map_err(|_| {
+            "must be \"whsec_\" followed by base64, e.g. whsec_ and the output of `openssl rand -base64 32`"
+        })?;
+        if key.len() < 16 {
+            return Err("is too short: use at least 16 random bytes (24 base64 characters)");
+        }
+        Ok(Secret(key))
+    }
+
+    fn mac(&self) -> Hmac<Sha256> {
+        // HMAC accepts keys of any length; this cannot fail.
+        <Hmac<Sha256> as Mac>::new_from_slice(&self.0)
+            .unwrap_or_else(|_| unreachable!("HMAC takes any key length"))
+    }
+}
+
+/// The `webhook-signature` value for a message: `v1,<base64 HMAC-SHA256>`.
+pub fn sign(secret: &Secret, msg_id: &str, timestamp_s: i64, body: &[u8]) -> String {
+    let mut mac = secret.mac();
     mac.update(msg_id.as_bytes());
     mac.update(b".");
-    mac.update(timestamp.to_string().as_bytes());
+    mac.update(timestamp_s.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
-    let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    format!("v1,{sig}")
+    format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes()))
 }
 
-/// Checks a `webhook-signature` header (which may list several space-separated
-/// signatures) against the expected one.
-pub fn verify(key: &[u8], msg_id: &str, timestamp: i64, body: &[u8], header: &str) -> bool {
-    let want = sign(key, msg_id, timestamp, body);
-    header
+/// The three headers of a signed message.
+pub fn headers(
+    secret: &Secret,
+    msg_id: &str,
+    timestamp_s: i64,
+    body: &[u8],
+) -> Vec<(String, String)> {
+    vec![
+        ("webhook-id".to_string(), msg_id.to_string()),
+        ("webhook-timestamp".to_string(), timestamp_s.to_string()),
+        (
+            "webhook-signature".to_string(),
+            sign(secret, msg_id, timestamp_s, body),
+        ),
+    ]
+}
+
+/// Why a message failed verification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyError {
+    /// `webhook-timestamp` is not a number.
+    BadTimestamp,
+    /// The timestamp is further than the tolerance from now (a replay, or a skewed clock).
+    TooOld,
+    /// No `v1,` signature in the header matches.
+    NoMatch,
+}
+
+/// Checks a received message the way a receiver would: the timestamp within
+/// `tolerance_s` of `now_s`, and one of the space-separated `v1,` signatures matching
+/// (compared in constant time).
+pub fn verify(
+    secret: &Secret,
+    msg_id: &str,
+    timestamp: &str,
+    signature_header: &str,
+    body: &[u8],
+    now_s: i64,
+    tolerance_s: i64,
+) -> std::result::Result<(), VerifyError> {
+    let ts: i64 = timestamp
+        .trim()
+        .parse()
+        .map_err(|_| VerifyError::BadTimestamp)?;
+    if (now_s - ts).abs() > tolerance_s {
+        return Err(VerifyError::TooOld);
+    }
+    let expected = sign(secret, msg_id, ts, body);
+    let ok = signature_header
         .split_whitespace()
-        .any(|s| crate::api::request::constant_time_eq(s.as_bytes(), want.as_bytes()))
-}
-
-/// A new random `whsec_` secret.
-pub fn new_secret() -> String {
-    let t = crate::rand::token();
-    format!(
-        "whsec_{}",
-        base64::engine::general_purpose::STANDARD.encode(t.as_bytes())
-    )
+        .filter(|s| s.starts_with("v1,"))
+        .any(|s| crate::api::request::constant_time_eq(s.as_bytes(), expected.as_bytes()));
+    if ok {
+        Ok(())
+    } else {
+        Err(VerifyError::NoMatch)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    // The reference vector of the Standard Webhooks specification and its libraries.
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    const ID: &str = "msg_p5jXN8AQM9LWM0D4loKWxJek";
+    const TS: i64 = 1614265330;
+    const BODY: &[u8] = br#"{"test": 2432232314}"#;
+    const SIG: &str = "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=";
+
     #[test]
-    fn matches_the_standard_webhooks_reference_vector() {
-        let key = parse_secret("secret", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-        let body = br#"{"test": 2432232314}"#;
-        let sig = sign(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1_614_265_330, body);
-        assert_eq!(sig, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
-        assert!(verify(
-            &key,
-            "msg_p5jXN8AQM9LWM0D4loKWxJek",
-            1_614_265_330,
-            body,
-            &format!("v1,bogus {sig}")
-        ));
-        assert!(!verify(
-            &key,
-            "msg_p5jXN8AQM9LWM0D4loKWxJek",
-            1_614_265_331,
-            body,
-            &sig
-        ));
+    fn signs_the_reference_vector() {
+        let s = Secret::parse(SECRET).unwrap();
+        assert_eq!(sign(&s, ID, TS, BODY), SIG);
+        let h = headers(&s, ID, TS, BODY);
+        assert_eq!(h[2], ("webhook-signature".to_string(), SIG.to_string()));
     }
 
     #[test]
-    fn bad_secrets_are_named() {
-        assert!(parse_secret("secret", "nope")
-            .unwrap_err()
-            .to_string()
-            .starts_with("secret:"));
-        assert!(parse_secret("secret", "whsec_!!!").is_err());
-        assert!(parse_secret("secret", &new_secret()).is_ok());
+    fn verifies_and_refuses() {
+        let s = Secret::parse(SECRET).unwrap();
+        let ts = TS.to_string();
+        assert_eq!(verify(&s, ID, &ts, SIG, BODY, TS + 10, 300), Ok(()));
+        let several = format!("v1,bm90IGl0 {SIG}");
+        assert_eq!(verify(&s, ID, &ts, &several, BODY, TS, 300), Ok(()));
+        assert_eq!(
+            verify(&s, ID, &ts, SIG, b"{\"test\": 1}", TS, 300),
+            Err(VerifyError::NoMatch)
+        );
+        assert_eq!(
+            verify(&s, "msg_other", &ts, SIG, BODY, TS, 300),
+            Err(VerifyError::NoMatch)
+        );
+        assert_eq!(
+            verify(&s, ID, &ts, SIG, BODY, TS + 301, 300),
+            Err(VerifyError::TooOld)
+        );
+        assert_eq!(
+            verify(&s, ID, "soon", SIG, BODY, TS, 300),
+            Err(VerifyError::BadTimestamp)
+        );
+    }
+
+    #[test]
+    fn a_bad_secret_is_refused_and_never_printed() {
+        assert!(Secret::parse("whsec_not base64!").is_err());
+        assert!(Secret::parse("whsec_c2hvcnQ=").is_err());
+        let s = Secret::parse(SECRET).unwrap();
+        assert!(!format!("{s:?}").contains("MfKQ"));
     }
 }

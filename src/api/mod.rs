@@ -1,6 +1,8 @@
 //! The HTTP API on tiny_http: routing, JSON in and out, errors as
 //! `{"error": {"code", "message"}}`.
 
+pub mod admin;
+pub mod metrics;
 mod reply;
 pub mod request;
 
@@ -15,6 +17,9 @@ use crate::error::{Error, Result};
 pub use reply::Reply;
 pub use request::Req;
 
+/// The browser helper served at `/client.js`.
+const CLIENT_JS: &str = include_str!("client.js");
+
 /// Request-handling threads. Each parked `Prefer: wait` holds one, so there are many
 /// more than cores.
 pub const HANDLER_THREADS: usize = 64;
@@ -23,6 +28,8 @@ pub const HANDLER_THREADS: usize = 64;
 pub struct Api {
     pub shared: Arc<Shared>,
     shutting_down: AtomicBool,
+    /// Logged-in admin page sessions (in memory).
+    pub admin_sessions: admin::Sessions,
 }
 
 impl Api {
@@ -31,6 +38,7 @@ impl Api {
         Api {
             shared,
             shutting_down: AtomicBool::new(false),
+            admin_sessions: admin::Sessions::default(),
         }
     }
 
@@ -58,6 +66,12 @@ impl Api {
         match (req.method.as_str(), req.path.as_str()) {
             ("GET", "/healthz") => Reply::json(200, &serde_json::json!({"status": "ok"})),
             (_, "/healthz") => Reply::error(405, "method_not_allowed", "use GET"),
+            ("GET", "/readyz") => metrics::readyz(self),
+            ("GET", "/metrics") => metrics::metrics(self, req),
+            ("GET", "/client.js") => {
+                Reply::with_type(200, "text/javascript; charset=utf-8", CLIENT_JS.into())
+            }
+            (_, p) if p == "/admin" || p.starts_with("/admin/") => admin::handle(self, req),
             _ => Reply::error(
                 404,
                 "not_found",

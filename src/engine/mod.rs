@@ -10,9 +10,11 @@
 //! Invariants: only workers do network I/O; only the writer commits job outcomes; the
 //! scheduler is the only claimant; every state change is guarded by the expected state.
 
+pub mod alerts;
 pub mod decide;
 pub mod limits;
 pub mod metrics;
+pub mod notify;
 pub mod outbox;
 mod scheduler;
 mod supervisor;

@@ -34,6 +34,7 @@ fn run(shared: &Arc<Shared>, threads: &Mutex<Threads>, stop: &AtomicBool) {
     let mut last_extend = shared.now();
     let mut last_reap = 0;
     let mut last_prune = 0;
+    let mut last_alerts = 0;
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(100));
         // The supervisor itself must not die: each duty runs under catch_unwind.
@@ -52,13 +53,17 @@ fn run(shared: &Arc<Shared>, threads: &Mutex<Threads>, stop: &AtomicBool) {
                     log::error!("extending leases: {e}");
                 }
             }
-            if now - last_reap >= 1000 {
+            if now.saturating_sub(last_reap) >= 1000 {
                 last_reap = now;
                 if let Err(e) = reap_once(shared, now) {
                     log::error!("reaper: {e}");
                 }
             }
-            if now - last_prune >= 3_600_000 {
+            if now.saturating_sub(last_alerts) >= 1000 {
+                last_alerts = now;
+                super::alerts::supervise(shared, now);
+            }
+            if now.saturating_sub(last_prune) >= 3_600_000 {
                 last_prune = now;
                 if let Err(e) = prune_once(shared, now) {
                     log::error!("pruning: {e}");

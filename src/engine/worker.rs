@@ -130,7 +130,7 @@ fn internal_error(job: &Job) -> Finished {
 /// What preflight hands to the call: the credential and the webhook signing key.
 struct Cleared {
     credential: Option<Credential>,
-    signing_key: Option<Vec<u8>>,
+    signing_key: Option<crate::webhook::Secret>,
 }
 
 /// The preflight checks of SPEC §3.4: Ok(cleared) to go ahead, Err(outcome) not to.
@@ -168,8 +168,11 @@ fn preflight(
     }
     let signing_key = match &job.signing_key {
         None => None,
+        Some(key) if key == super::notify::NOTIFY_SIGNING_KEY => {
+            shared.config.notify_secret.clone()
+        }
         Some(key) => match crate::store::channels::signing_secret(&conn, key)?
-            .and_then(|s| crate::webhook::parse_secret("secret", &s).ok())
+            .and_then(|s| crate::webhook::Secret::parse(&s).ok())
         {
             Some(k) => Some(k),
             None => {
@@ -241,15 +244,17 @@ fn execute(shared: &Shared, job: &Job) -> Finished {
     }
     // Deliveries are signed per attempt: the timestamp is the send time, so a receiver's
     // replay window holds for late retries; the message id is the same on every attempt.
-    if let (Some(key), Some(msg_id)) = (&signing_key, &job.webhook_id) {
+    if let Some(msg_id) = &job.webhook_id {
         let ts = shared.now() / 1000;
         let body = job.body.as_deref().unwrap_or_default();
-        headers.push(("webhook-id".into(), msg_id.clone()));
-        headers.push(("webhook-timestamp".into(), ts.to_string()));
-        headers.push((
-            "webhook-signature".into(),
-            crate::webhook::sign(key, msg_id, ts, body),
-        ));
+        match &signing_key {
+            Some(key) => headers.extend(crate::webhook::headers(key, msg_id, ts, body)),
+            None => {
+                // notify_url without notify_secret: identified, not signed.
+                headers.push(("webhook-id".into(), msg_id.clone()));
+                headers.push(("webhook-timestamp".into(), ts.to_string()));
+            }
+        }
     }
     let call = Call {
         method: job.method.clone(),
@@ -267,6 +272,9 @@ fn execute(shared: &Shared, job: &Job) -> Finished {
     let done_at = shared.now();
     let classified = classify(&reply, &provider, done_at);
     let detail = describe(&reply);
+    // The stored result is redacted like the audit log: a provider that echoes the
+    // credential must not make the API show it.
+    let secret = credential.as_ref().map(|c| c.secret.as_str());
     let result = match &reply {
         Reply::Response {
             status,
@@ -275,8 +283,8 @@ fn execute(shared: &Shared, job: &Job) -> Finished {
             truncated,
         } => Some(JobResult {
             status: *status,
-            headers: headers.clone(),
-            body: body.clone(),
+            headers: http_call::redact_headers(headers, None, secret),
+            body: http_call::redact_bytes(body, secret),
             truncated: *truncated,
         }),
         Reply::Transport { .. } => None,
@@ -291,7 +299,6 @@ fn execute(shared: &Shared, job: &Job) -> Finished {
         done_at,
         crate::rand::unit(),
     );
-    let secret = credential.as_ref().map(|c| c.secret.as_str());
     let cred_header = credential.as_ref().map(|c| c.header.as_str());
     let record = AttemptRecord {
         job_id: job.id,
@@ -365,7 +372,12 @@ fn execute(shared: &Shared, job: &Job) -> Finished {
     });
     let mut f = base(job, decision.next, decision.error, true);
     // A subscriber that answers 410 Gone does not want deliveries any more.
-    if job.signing_key.is_some() && matches!(&reply, Reply::Response { status: 410, .. }) {
+    if job
+        .signing_key
+        .as_deref()
+        .is_some_and(|k| k.starts_with("subscription:"))
+        && matches!(&reply, Reply::Response { status: 410, .. })
+    {
         f.next = Next::Cancel;
         f.error = job_error(
             "forbidden",

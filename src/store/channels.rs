@@ -35,7 +35,10 @@ pub fn put_subscription(
     check_name("channel", channel)?;
     check_name("name", name)?;
     check_url("url", url)?;
-    crate::webhook::parse_secret("secret", secret)?;
+    if !secret.starts_with("whsec_") {
+        return Err(Error::invalid("secret", "must look like whsec_<base64>"));
+    }
+    crate::webhook::Secret::parse(secret).map_err(|why| Error::invalid("secret", why))?;
     conn.execute(
         "INSERT OR IGNORE INTO channels (name, created_at) VALUES (?1, ?2)",
         rusqlite::params![channel, now],

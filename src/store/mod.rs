@@ -16,6 +16,7 @@ mod migrate;
 pub mod notes;
 pub mod operations;
 pub mod outbox;
+pub mod stats;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
