@@ -10,6 +10,7 @@
 pub mod accounts;
 pub mod attempts;
 pub mod engine;
+pub mod idempotency;
 pub mod jobs;
 mod migrate;
 pub mod notes;
