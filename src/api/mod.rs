@@ -1,28 +1,54 @@
 //! The HTTP API on tiny_http: routing, JSON in and out, errors as
 //! `{"error": {"code", "message"}}`.
+//!
+//! Handler threads never block on a long wait: a `Prefer: wait=N` request is parked (the
+//! tiny_http `Request` itself, with its deadline) in [`park::Parking`] and answered by
+//! one responder thread when the writer commits the job's outcome or the deadline
+//! passes.
 
 pub mod admin;
 pub mod metrics;
+pub mod park;
 mod reply;
 pub mod request;
+pub mod routes;
+mod v1;
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::engine::Shared;
 use crate::error::{Error, Result};
 
+pub use park::Wait;
 pub use reply::Reply;
 pub use request::Req;
 
 /// The browser helper served at `/client.js`.
-const CLIENT_JS: &str = include_str!("client.js");
+pub const CLIENT_JS: &str = include_str!("client.js");
 
-/// Request-handling threads. Each parked `Prefer: wait` holds one, so there are many
-/// more than cores.
+/// Request-handling threads. They never hold a parked wait, so they only need to cover
+/// the requests being read, routed and committed at one time.
 pub const HANDLER_THREADS: usize = 64;
+
+/// What a handler decided: answer now, or park the request until the job changes.
+#[derive(Debug)]
+pub enum Answer {
+    /// Answer now.
+    Reply(Reply),
+    /// Park the request (`Prefer: wait`) until the job leaves approved/running/retry or
+    /// the deadline passes.
+    Wait(Wait),
+}
+
+impl From<Reply> for Answer {
+    fn from(r: Reply) -> Answer {
+        Answer::Reply(r)
+    }
+}
 
 /// Everything a handler needs.
 pub struct Api {
@@ -30,6 +56,11 @@ pub struct Api {
     shutting_down: AtomicBool,
     /// Logged-in admin page sessions (in memory).
     pub admin_sessions: admin::Sessions,
+    /// Parked `Prefer: wait` requests and their responder.
+    pub parking: park::Parking,
+    /// `(account, Idempotency-Key)` of enqueues being written now: a concurrent
+    /// duplicate answers 409 instead of racing the first.
+    inflight_keys: Mutex<HashSet<(String, String)>>,
 }
 
 impl Api {
@@ -39,6 +70,8 @@ impl Api {
             shared,
             shutting_down: AtomicBool::new(false),
             admin_sessions: admin::Sessions::default(),
+            parking: park::Parking::new(park::MAX_PARKED),
+            inflight_keys: Mutex::new(HashSet::new()),
         }
     }
 
@@ -53,43 +86,76 @@ impl Api {
     }
 
     /// Answers one request: reads it (413 for a body over the limit) and routes it.
-    pub fn handle(&self, raw: &mut tiny_http::Request) -> Reply {
+    pub fn handle(&self, raw: &mut tiny_http::Request) -> Answer {
         let req = match Req::read(raw, self.shared.config.max_request_bytes) {
             Ok(r) => r,
-            Err(reply) => return reply,
+            Err(reply) => return reply.into(),
         };
         self.route(&req)
     }
 
-    /// Routes a parsed request.
-    pub fn route(&self, req: &Req) -> Reply {
-        match (req.method.as_str(), req.path.as_str()) {
-            ("GET", "/healthz") => Reply::json(200, &serde_json::json!({"status": "ok"})),
-            (_, "/healthz") => Reply::error(405, "method_not_allowed", "use GET"),
-            ("GET", "/readyz") => metrics::readyz(self),
-            ("GET", "/metrics") => metrics::metrics(self, req),
-            ("GET", "/client.js") => {
-                Reply::with_type(200, "text/javascript; charset=utf-8", CLIENT_JS.into())
+    /// The browser helper served at `/client.js`.
+    pub const CLIENT_JS: &str = include_str!("client.js");
+
+    /// Serves one request on a handler thread: answers it, or parks it.
+    pub fn serve(&self, mut raw: tiny_http::Request) {
+        match self.handle(&mut raw) {
+            Answer::Reply(reply) => {
+                let _ = raw.respond(reply.into_response());
             }
-            (_, p) if p == "/admin" || p.starts_with("/admin/") => admin::handle(self, req),
-            _ => Reply::error(
-                404,
-                "not_found",
-                &format!("no route for {} {}", req.method, req.path),
-            ),
+            Answer::Wait(wait) => self.parking.park(self, raw, wait),
+        }
+    }
+
+    /// Routes a parsed request through [`routes::ROUTES`].
+    pub fn route(&self, req: &Req) -> Answer {
+        routes::dispatch(self, req)
+    }
+
+    /// Marks `(account, key)` as being written; `None` when it already is.
+    fn claim_key(&self, account: &str, key: &str) -> Option<KeyClaim<'_>> {
+        let k = (account.to_string(), key.to_string());
+        let fresh = self
+            .inflight_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(k.clone());
+        // Not `then_some`: it would build (and drop, releasing the key) a claim we lost.
+        if fresh {
+            Some(KeyClaim { api: self, key: k })
+        } else {
+            None
         }
     }
 }
 
-/// The listening HTTP server and its handler threads.
+/// An idempotency key being written; released on drop.
+struct KeyClaim<'a> {
+    api: &'a Api,
+    key: (String, String),
+}
+
+impl Drop for KeyClaim<'_> {
+    fn drop(&mut self) {
+        self.api
+            .inflight_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.key);
+    }
+}
+
+/// The listening HTTP server, its handler threads and the responder of parked waits.
 pub struct HttpServer {
     server: Arc<tiny_http::Server>,
     threads: Vec<JoinHandle<()>>,
+    responder: Option<JoinHandle<()>>,
+    api: Arc<Api>,
     addr: SocketAddr,
 }
 
 impl HttpServer {
-    /// Binds `listen` and starts the handler threads.
+    /// Binds `listen` and starts the handler threads and the responder.
     pub fn start(listen: &str, api: Arc<Api>) -> Result<HttpServer> {
         let server = tiny_http::Server::http(listen).map_err(|e| {
             Error::invalid(
@@ -102,6 +168,7 @@ impl HttpServer {
             .to_ip()
             .ok_or_else(|| Error::invalid("--listen", "not an IP address"))?;
         let server = Arc::new(server);
+        let responder = park::spawn_responder(api.clone())?;
         let threads = (0..HANDLER_THREADS)
             .map(|i| {
                 let server = server.clone();
@@ -109,9 +176,8 @@ impl HttpServer {
                 std::thread::Builder::new()
                     .name(format!("errand-http-{i}"))
                     .spawn(move || {
-                        while let Ok(mut req) = server.recv() {
-                            let reply = api.handle(&mut req);
-                            let _ = req.respond(reply.into_response());
+                        while let Ok(req) = server.recv() {
+                            api.serve(req);
                         }
                     })
                     .map_err(Error::Io)
@@ -120,6 +186,8 @@ impl HttpServer {
         Ok(HttpServer {
             server,
             threads,
+            responder: Some(responder),
+            api,
             addr,
         })
     }
@@ -129,13 +197,18 @@ impl HttpServer {
         self.addr
     }
 
-    /// Stops accepting and joins the handler threads.
-    pub fn stop(self) {
+    /// Stops accepting, joins the handler threads, and answers every parked wait with
+    /// the job as it is now.
+    pub fn stop(mut self) {
         for _ in &self.threads {
             self.server.unblock();
         }
-        for t in self.threads {
+        for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        self.api.parking.stop();
+        if let Some(r) = self.responder.take() {
+            let _ = r.join();
         }
     }
 }

@@ -38,6 +38,14 @@ impl Waiters {
         Some(Parked { waiters: self, rx })
     }
 
+    /// Registers `tx` to be signalled once, after the next commit that changes job `id`.
+    /// For a caller that keeps its own count and cap of parked waits (the API's
+    /// responder thread, which parks requests rather than threads). Register before
+    /// reading the job, so a commit between the read and the registration is not missed.
+    pub fn register(&self, id: i64, tx: Sender<()>) {
+        self.lock().entry(id).or_default().push(tx);
+    }
+
     /// Wakes everyone waiting on `id`.
     pub fn notify(&self, id: i64) {
         let senders = self.lock().remove(&id);

@@ -11,6 +11,7 @@ pub mod accounts;
 pub mod attempts;
 pub mod channels;
 pub mod engine;
+pub mod idempotency;
 pub mod jobs;
 mod migrate;
 pub mod notes;

@@ -1,1 +1,866 @@
+//! Issue 4: the HTTP API. An in-process server (engine + API on 127.0.0.1:0) against a
+//! scripted provider, and the real binary where the process matters.
 
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use errand::api::routes::ROUTES;
+use errand::clock::SystemClock;
+use errand::server::Server;
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// An in-process errand serving on 127.0.0.1:0; stopped on drop.
+struct Api {
+    server: Option<Server>,
+    base: String,
+    env: TestEnv,
+}
+
+impl Api {
+    fn start() -> Api {
+        Self::with_config("")
+    }
+
+    fn with_config(toml: &str) -> Api {
+        let env = TestEnv::with_config(toml);
+        let mut config = env.config.clone();
+        config.listen = "127.0.0.1:0".into();
+        let server = Server::start(config, Arc::new(SystemClock)).expect("server");
+        let base = format!("http://{}", server.http.addr());
+        Api {
+            server: Some(server),
+            base,
+            env,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn get(&self, path: &str) -> Answer {
+        http("GET", &self.url(path), &[], None)
+    }
+
+    fn post(&self, path: &str, body: &Value) -> Answer {
+        self.post_with(path, &[], body)
+    }
+
+    fn post_with(&self, path: &str, headers: &[(&str, &str)], body: &Value) -> Answer {
+        http("POST", &self.url(path), headers, Some(&body.to_string()))
+    }
+
+    fn jobs(&self) -> i64 {
+        self.env.count_sql("SELECT COUNT(*) FROM jobs")
+    }
+
+    fn server(&self) -> &Server {
+        self.server.as_ref().expect("running")
+    }
+}
+
+impl Drop for Api {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            s.stop();
+        }
+    }
+}
+
+fn job_body(url: &str) -> Value {
+    json!({"account": "acme", "provider": "pm", "request": {"method": "POST", "url": url, "json": {"to": "a@b.c"}}})
+}
+
+/// Each `{param}` of a route pattern replaced by a plausible value.
+fn concrete(path: &str) -> String {
+    path.replace("{id}", "1")
+        .replace("{account}", "acme")
+        .replace("{provider}", "pm")
+}
+
+// --- Done when: 202 + Location, poll 202 with Retry-After, then 200 with the result;
+// wrong token and unknown id both 404.
+
+#[test]
+fn post_answers_202_with_location_and_poll_answers_202_with_retry_after_then_200_with_the_result() {
+    let p = MockProvider::start();
+    p.script(
+        "/slow",
+        vec![Step::json(200, r#"{"id":"m-1"}"#).delay(1500)],
+    );
+    let api = Api::start();
+    let a = api.post("/v1/jobs", &job_body(&p.url("/slow")));
+    assert_eq!(a.status, 202, "{}", a.body);
+    let v = a.json();
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        a.header("location"),
+        Some(format!("/v1/jobs/{id}").as_str())
+    );
+    assert_eq!(v["state"], "approved");
+    let status_url = v["status_url"].as_str().unwrap().to_string();
+    assert_eq!(
+        status_url,
+        format!("/v1/jobs/{id}?token={}", v["token"].as_str().unwrap())
+    );
+    assert!(
+        v["token"].as_str().unwrap().len() >= 32,
+        "token of 128 bits or more"
+    );
+
+    let poll = api.get(&status_url);
+    assert_eq!(poll.status, 202, "{}", poll.body);
+    let secs: u64 = poll.header("retry-after").unwrap().parse().unwrap();
+    assert!(secs >= 1);
+    assert!(["approved", "running"].contains(&poll.json()["state"].as_str().unwrap()));
+
+    let mut done = None;
+    wait_for(15, "the poll to answer 200", || {
+        let a = api.get(&status_url);
+        let ok = a.status == 200;
+        done = Some(a);
+        ok
+    });
+    let job = done.unwrap().json();
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(job["id"], id.as_str());
+    assert_eq!(job["result"]["status"], 200);
+    assert_eq!(job["result"]["body"], r#"{"id":"m-1"}"#);
+    assert_eq!(job["result"]["json"]["id"], "m-1");
+}
+
+#[test]
+fn a_wrong_token_and_an_unknown_id_both_answer_404_alike() {
+    let p = MockProvider::start();
+    let api = Api::start();
+    let v = api.post("/v1/jobs", &job_body(&p.url("/x"))).json();
+    let id = v["id"].as_str().unwrap();
+    let wrong = api.get(&format!(
+        "/v1/jobs/{id}?token=0123456789abcdef0123456789abcdef"
+    ));
+    let unknown = api.get("/v1/jobs/999999?token=0123456789abcdef0123456789abcdef");
+    let garbage = api.get("/v1/jobs/abc?token=x");
+    assert_eq!(wrong.status, 404);
+    assert_eq!(unknown.status, 404);
+    assert_eq!(garbage.status, 404);
+    assert_eq!(
+        wrong.json()["error"]["code"],
+        unknown.json()["error"]["code"]
+    );
+    assert!(!wrong.body.contains(v["token"].as_str().unwrap()));
+}
+
+// --- Done when: Prefer: wait.
+
+#[test]
+fn post_with_prefer_wait_to_a_fast_provider_answers_200_with_the_finished_job_in_one_call() {
+    let p = MockProvider::start();
+    p.script("/fast", vec![Step::json(200, r#"{"ok":1}"#)]);
+    let api = Api::start();
+    let a = api.post_with(
+        "/v1/jobs",
+        &[("Prefer", "wait=10")],
+        &job_body(&p.url("/fast")),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let job = a.json();
+    assert_eq!(job["state"], "succeeded");
+    assert_eq!(job["result"]["json"]["ok"], 1);
+    assert_eq!(p.count("/fast"), 1);
+}
+
+#[test]
+fn post_with_wait_1_to_a_3_second_provider_answers_202_and_a_later_get_with_wait_10_answers_200() {
+    let p = MockProvider::start();
+    p.script("/slow", vec![Step::json(200, r#"{"ok":2}"#).delay(3000)]);
+    let api = Api::start();
+    let a = api.post_with(
+        "/v1/jobs",
+        &[("Prefer", "wait=1")],
+        &job_body(&p.url("/slow")),
+    );
+    assert_eq!(a.status, 202, "{}", a.body);
+    let v = a.json();
+    assert!(v["token"].is_string());
+    let url = v["status_url"].as_str().unwrap().to_string();
+    let b = http("GET", &api.url(&url), &[("Prefer", "wait=10")], None);
+    assert_eq!(b.status, 200, "{}", b.body);
+    assert_eq!(b.json()["state"], "succeeded");
+    assert_eq!(b.json()["result"]["json"]["ok"], 2);
+}
+
+#[test]
+fn a_long_poll_on_a_job_that_does_not_finish_answers_202_when_its_wait_passes() {
+    let api = Api::start();
+    let mut body = job_body("http://127.0.0.1:9/never");
+    body["delay_ms"] = json!(600_000);
+    let v = api.post("/v1/jobs", &body).json();
+    let url = v["status_url"].as_str().unwrap();
+    let a = http("GET", &api.url(url), &[("Prefer", "wait=1")], None);
+    assert_eq!(a.status, 202);
+    assert!(a.header("retry-after").is_some());
+    assert_eq!(api.server().api.parking.parked(), 0);
+}
+
+// --- Done when: incoming Idempotency-Key.
+
+#[test]
+fn the_same_body_twice_with_an_idempotency_key_is_one_job_and_the_second_answer_is_replayed() {
+    let p = MockProvider::start();
+    let api = Api::start();
+    let body = job_body(&p.url("/order"));
+    let key = [("Idempotency-Key", "order-77")];
+    let first = api.post_with("/v1/jobs", &key, &body);
+    assert_eq!(first.status, 202, "{}", first.body);
+    assert_eq!(first.header("idempotent-replayed"), None);
+    let id = first.json()["id"].clone();
+    wait_for(10, "the job to succeed", || {
+        api.env.state(id.as_str().unwrap().parse().unwrap()) == "succeeded"
+    });
+    let second = api.post_with("/v1/jobs", &key, &body);
+    assert_eq!(second.status, 202, "{}", second.body);
+    assert_eq!(second.header("idempotent-replayed"), Some("true"));
+    assert_eq!(second.json()["id"], id);
+    assert_eq!(second.json()["token"], first.json()["token"]);
+    assert_eq!(api.jobs(), 1);
+    assert_eq!(p.count("/order"), 1);
+
+    let mut other = body.clone();
+    other["request"]["json"] = json!({"to": "someone@else"});
+    let third = api.post_with("/v1/jobs", &key, &other);
+    assert_eq!(third.status, 422, "{}", third.body);
+    assert!(third.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("Idempotency-Key"));
+    assert_eq!(api.jobs(), 1);
+    // Keys are per account: another account may use the same key.
+    let mut beta = body.clone();
+    beta["account"] = json!("beta");
+    assert_eq!(api.post_with("/v1/jobs", &key, &beta).status, 202);
+    assert_eq!(api.jobs(), 2);
+}
+
+#[test]
+fn concurrent_duplicates_of_an_idempotency_key_create_one_job_and_answer_202_or_409() {
+    let p = MockProvider::start();
+    let api = Arc::new(Api::start());
+    let body = job_body(&p.url("/dup"));
+    let barrier = Arc::new(Barrier::new(8));
+    let answers: Vec<(u16, Option<String>)> = (0..8)
+        .map(|_| {
+            let (api, body, barrier) = (api.clone(), body.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                let a = api.post_with("/v1/jobs", &[("Idempotency-Key", "dup-1")], &body);
+                let id = (a.status == 202).then(|| a.json()["id"].as_str().unwrap().to_string());
+                (a.status, id)
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    assert!(
+        answers.iter().all(|(s, _)| *s == 202 || *s == 409),
+        "{answers:?}"
+    );
+    let ids: std::collections::BTreeSet<_> =
+        answers.iter().filter_map(|(_, id)| id.clone()).collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    assert_eq!(api.jobs(), 1);
+    wait_for(10, "the one job to run", || p.count("/dup") == 1);
+}
+
+// --- Done when: bad input gets a 4xx naming the field and writes nothing; 413; 404.
+
+#[test]
+fn every_bad_input_gets_a_4xx_naming_the_field_and_writes_no_row() {
+    let api = Api::start();
+    let url = api.url("/v1/jobs");
+    let cases: Vec<(&str, &str)> = vec![
+        (
+            r#"{"account": "a", "request": {"url": "http://h/x"}"#,
+            "body",
+        ),
+        (r#"{"request": {"url": "http://h/x"}}"#, "account"),
+        (r#"{"account": "a", "request": {}}"#, "request.url"),
+        (r#"{"account": "a"}"#, "request.url"),
+        (
+            r#"{"account": "a", "request": {"url": "ftp://h/x"}}"#,
+            "request.url",
+        ),
+        (
+            r#"{"account": "a", "request": {"url": "http://h/x", "method": "BREW"}}"#,
+            "request.method",
+        ),
+        (
+            r#"{"account": "a", "request": {"url": "http://h/x"}, "max_attempts": -1}"#,
+            "max_attempts",
+        ),
+        (
+            r#"{"account": "a", "request": {"url": "http://h/x"}, "run_at": "tomorrow"}"#,
+            "run_at",
+        ),
+        (r#"[1, 2]"#, "body"),
+        ("", "body"),
+    ];
+    for (body, field) in cases {
+        let a = http("POST", &url, &[], Some(body));
+        assert!(
+            (400..500).contains(&a.status),
+            "{body}: {} {}",
+            a.status,
+            a.body
+        );
+        let msg = a.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(
+            msg.contains(field),
+            "{body}: message {msg:?} does not name {field}"
+        );
+        assert!(a.json()["error"]["code"].is_string());
+    }
+    assert_eq!(api.jobs(), 0);
+
+    let huge = "x".repeat(20 << 20);
+    let a = http(
+        "POST",
+        &url,
+        &[("Content-Type", "application/json")],
+        Some(&huge),
+    );
+    assert_eq!(a.status, 413, "{}", a.body);
+    assert_eq!(a.json()["error"]["code"], "body_too_large");
+
+    for path in ["/nope", "/v1/nope", "/v1/jobs/1/frobnicate", "/v1"] {
+        let a = api.get(path);
+        assert_eq!(a.status, 404, "{path}");
+        assert_eq!(a.json()["error"]["code"], "no_route");
+    }
+    let a = http("PATCH", &url, &[], Some("{}"));
+    assert_eq!(a.status, 405);
+    assert!(a.header("allow").unwrap().contains("POST"));
+    assert_eq!(api.jobs(), 0);
+    assert_eq!(api.get("/healthz").status, 200);
+    assert_eq!(api.get("/v1/status").status, 200);
+}
+
+#[test]
+fn bad_query_and_path_values_are_400_naming_the_field() {
+    let api = Api::start();
+    for (path, field) in [
+        ("/v1/jobs?state=done", "state"),
+        ("/v1/jobs?limit=0", "limit"),
+        ("/v1/jobs?after=x", "after"),
+        ("/v1/notifications?limit=100000", "limit"),
+    ] {
+        let a = api.get(path);
+        assert_eq!(a.status, 400, "{path}: {}", a.body);
+        assert!(
+            a.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(field),
+            "{path}"
+        );
+    }
+    let a = http(
+        "PUT",
+        &api.url("/v1/accounts/acme"),
+        &[],
+        Some(r#"{"status": "gone"}"#),
+    );
+    assert_eq!(a.status, 400);
+    assert!(a.body.contains("status"));
+    let a = http(
+        "PUT",
+        &api.url("/v1/accounts/acme/credentials/pm"),
+        &[],
+        Some(r#"{"secret": 5}"#),
+    );
+    assert_eq!(a.status, 400);
+    assert!(a.body.contains("secret"));
+    let a = api.post("/v1/jobs/bulk", &json!({"action": "explode"}));
+    assert_eq!(a.status, 400);
+    assert!(a.body.contains("action"));
+}
+
+// --- Done when: the API token.
+
+#[test]
+fn without_the_bearer_token_every_v1_call_is_401_and_with_it_none_is() {
+    let api = Api::with_config(r#"api_token = "sesame-123""#);
+    for r in ROUTES.iter().filter(|r| r.path.starts_with("/v1")) {
+        let url = api.url(&concrete(r.path));
+        for headers in [vec![], vec![("Authorization", "Bearer wrong")]] {
+            let a = http(r.method, &url, &headers, Some("{}"));
+            assert_eq!(
+                a.status, 401,
+                "{} {} {headers:?}: {}",
+                r.method, r.path, a.body
+            );
+            assert_eq!(a.json()["error"]["code"], "unauthorized");
+        }
+        let a = http(
+            r.method,
+            &url,
+            &[("Authorization", "Bearer sesame-123")],
+            Some("{}"),
+        );
+        assert_ne!(a.status, 401, "{} {} with the token", r.method, r.path);
+    }
+    assert_eq!(api.get("/v1/nowhere").status, 401);
+    assert_eq!(api.get("/healthz").status, 200);
+
+    // Polling with the job's own token needs no API token.
+    let auth = [("Authorization", "Bearer sesame-123")];
+    let v = api
+        .post_with(
+            "/v1/jobs",
+            &auth,
+            &json!({"account": "a", "state": "draft", "request": {"url": "http://127.0.0.1:9/"}}),
+        )
+        .json();
+    let id = v["id"].as_str().unwrap();
+    assert_eq!(api.get(v["status_url"].as_str().unwrap()).status, 200);
+    assert_eq!(api.get(&format!("/v1/jobs/{id}")).status, 401);
+    assert_eq!(api.get(&format!("/v1/jobs/{id}?token=nope")).status, 404);
+    assert_eq!(
+        api.get(&format!(
+            "/v1/jobs/{id}/attempts?token={}",
+            v["token"].as_str().unwrap()
+        ))
+        .status,
+        401
+    );
+}
+
+#[test]
+fn serve_on_a_non_loopback_address_without_a_token_exits_non_zero_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let listen = format!("0.0.0.0:{}", free_port());
+    let (code, _, stderr) = run_cli(
+        dir.path(),
+        &["serve", "--db", "e.db", "--listen", &listen],
+        None,
+    );
+    assert_ne!(code, 0);
+    assert!(stderr.contains("token"), "{stderr}");
+    assert!(stderr.contains("ERRAND_API_TOKEN"), "{stderr}");
+}
+
+// --- Done when: drafts, cancel in retry, 409.
+
+#[test]
+fn a_draft_job_is_not_run_until_approved() {
+    let p = MockProvider::start();
+    let api = Api::start();
+    let mut draft = job_body(&p.url("/draft"));
+    draft["state"] = json!("draft");
+    let d = api.post("/v1/jobs", &draft);
+    assert_eq!(d.status, 202);
+    assert_eq!(d.json()["state"], "draft");
+    let id = d.json()["id"].as_str().unwrap().to_string();
+    // A job enqueued after the draft runs; the draft does not.
+    let later = api.post_with(
+        "/v1/jobs",
+        &[("Prefer", "wait=10")],
+        &job_body(&p.url("/later")),
+    );
+    assert_eq!(later.status, 200);
+    assert_eq!(p.count("/draft"), 0);
+    assert_eq!(api.get(&format!("/v1/jobs/{id}")).json()["state"], "draft");
+
+    let a = api.post(&format!("/v1/jobs/{id}/approve"), &json!({}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["state"], "approved");
+    let done = http(
+        "GET",
+        &api.url(&format!("/v1/jobs/{id}")),
+        &[("Prefer", "wait=10")],
+        None,
+    );
+    assert_eq!(done.status, 200);
+    assert_eq!(done.json()["state"], "succeeded");
+    assert_eq!(p.count("/draft"), 1);
+}
+
+#[test]
+fn a_job_in_retry_can_be_canceled_and_is_not_run_again() {
+    let p = MockProvider::start();
+    p.default_for("/down", Step::status(503));
+    let api = Api::start();
+    let mut body = job_body(&p.url("/down"));
+    body["backoff"] = json!({"initial_ms": 600000, "multiplier": 2, "max_ms": 600000});
+    let id = api.post("/v1/jobs", &body).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_for(10, "the job to be in retry", || {
+        api.env.state(id.parse().unwrap()) == "retry"
+    });
+    let a = http("DELETE", &api.url(&format!("/v1/jobs/{id}")), &[], None);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["state"], "canceled");
+    assert_eq!(a.json()["error"]["reason"], "canceled_by_user");
+    assert_eq!(p.count("/down"), 1);
+    let attempts = api.get(&format!("/v1/jobs/{id}/attempts")).json();
+    assert_eq!(attempts["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(attempts["attempts"][0]["outcome"], "unavailable");
+}
+
+#[test]
+fn approving_a_canceled_job_answers_409_with_its_state() {
+    let api = Api::start();
+    let mut body = job_body("http://127.0.0.1:9/x");
+    body["state"] = json!("draft");
+    let id = api.post("/v1/jobs", &body).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        api.post(&format!("/v1/jobs/{id}/cancel"), &json!({}))
+            .status,
+        200
+    );
+    let a = api.post(&format!("/v1/jobs/{id}/approve"), &json!({}));
+    assert_eq!(a.status, 409, "{}", a.body);
+    assert_eq!(a.json()["error"]["state"], "canceled");
+    assert_eq!(api.env.state(id.parse().unwrap()), "canceled");
+    let r = api.post(&format!("/v1/jobs/{id}/reopen"), &json!({}));
+    assert_eq!(r.json()["state"], "draft");
+    assert_eq!(api.post("/v1/jobs/424242/approve", &json!({})).status, 404);
+}
+
+// --- Concurrency.
+
+#[test]
+fn sixty_four_clients_at_once_are_all_answered_while_fifty_long_polls_are_parked() {
+    let api = Arc::new(Api::start());
+    let mut body = job_body("http://127.0.0.1:9/later");
+    body["delay_ms"] = json!(600_000);
+    let urls: Vec<String> = (0..50)
+        .map(|_| {
+            api.post("/v1/jobs", &body).json()["status_url"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let polls: Vec<_> = urls
+        .into_iter()
+        .map(|u| {
+            let url = api.url(&u);
+            std::thread::spawn(move || http("GET", &url, &[("Prefer", "wait=60")], None).status)
+        })
+        .collect();
+    wait_for(20, "50 parked long polls", || {
+        api.server().api.parking.parked() == 50
+    });
+
+    let barrier = Arc::new(Barrier::new(64));
+    let start = Instant::now();
+    let clients: Vec<_> = (0..64)
+        .map(|i| {
+            let (api, barrier) = (api.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                if i % 2 == 0 {
+                    api.get("/v1/status").status
+                } else {
+                    let mut b = job_body("http://127.0.0.1:9/burst");
+                    b["state"] = json!("draft");
+                    api.post("/v1/jobs", &b).status
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        let status = c.join().unwrap();
+        assert!(status == 200 || status == 202, "{status}");
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(10),
+        "64 clients took {took:?} with 50 polls parked"
+    );
+    assert_eq!(
+        api.server().api.parking.parked(),
+        50,
+        "the long polls are still parked"
+    );
+    // Stopping answers every parked poll with the job as it is (202, still pending).
+    let api = Arc::try_unwrap(api).ok().expect("sole owner");
+    drop(api);
+    for p in polls {
+        assert_eq!(p.join().unwrap(), 202);
+    }
+}
+
+#[test]
+fn v1_answers_503_with_retry_after_while_shutting_down() {
+    let api = Api::start();
+    api.server().api.begin_shutdown();
+    let a = api.get("/v1/status");
+    assert_eq!(a.status, 503);
+    assert!(a.header("retry-after").is_some());
+    assert_eq!(a.json()["error"]["code"], "shutting_down");
+}
+
+// --- Secrets.
+
+#[test]
+fn secrets_never_appear_in_any_api_answer() {
+    let p = MockProvider::start();
+    let api = Api::start();
+    let secret = "s3cr3t-Zq9-never-shown";
+    let put = http(
+        "PUT",
+        &api.url("/v1/accounts/acme/credentials/pm"),
+        &[],
+        Some(&json!({"secret": secret}).to_string()),
+    );
+    assert_eq!(put.status, 204, "{}", put.body);
+    let a = api.post_with(
+        "/v1/jobs",
+        &[("Prefer", "wait=10")],
+        &job_body(&p.url("/auth")),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let id = a.json()["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        p.requests("/auth")[0].header("authorization"),
+        Some(format!("Bearer {secret}").as_str()),
+        "the provider got the credential"
+    );
+    let cred = api.get("/v1/accounts/acme/credentials/pm");
+    assert_eq!(cred.status, 200);
+    assert_eq!(cred.json()["status"], "valid");
+    let answers = [
+        a.body.clone(),
+        cred.body,
+        api.get(&format!("/v1/jobs/{id}")).body,
+        api.get(&format!("/v1/jobs/{id}/attempts")).body,
+        api.get("/v1/jobs").body,
+        api.get("/v1/status").body,
+        api.get("/v1/notifications").body,
+    ];
+    for body in answers {
+        assert!(!body.contains(secret), "secret leaked in {body}");
+        assert!(!body.contains("s3cr3t"), "secret leaked in {body}");
+    }
+    let attempts = api.get(&format!("/v1/jobs/{id}/attempts")).json();
+    assert_eq!(attempts["attempts"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        http(
+            "DELETE",
+            &api.url("/v1/accounts/acme/credentials/pm"),
+            &[],
+            None
+        )
+        .status,
+        204
+    );
+    assert_eq!(api.get("/v1/accounts/acme/credentials/pm").status, 404);
+}
+
+// --- The rest of SPEC §4.
+
+#[test]
+fn listing_filters_and_pages_with_a_next_cursor() {
+    let api = Api::start();
+    for i in 0..5 {
+        let mut b = job_body("http://127.0.0.1:9/x");
+        b["state"] = json!("draft");
+        b["account"] = json!(if i < 3 { "acme" } else { "beta" });
+        assert_eq!(api.post("/v1/jobs", &b).status, 202);
+    }
+    let page1 = api.get("/v1/jobs?account=acme&limit=2").json();
+    assert_eq!(page1["jobs"].as_array().unwrap().len(), 2);
+    let next = page1["next"].as_str().unwrap();
+    let page2 = api
+        .get(&format!("/v1/jobs?account=acme&limit=2&after={next}"))
+        .json();
+    assert_eq!(page2["jobs"].as_array().unwrap().len(), 1);
+    assert!(page2["next"].is_null());
+    let ids: Vec<i64> = page1["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(page2["jobs"].as_array().unwrap())
+        .map(|j| j["id"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    let drafts = api.get("/v1/jobs?state=draft&provider=pm").json();
+    assert_eq!(drafts["jobs"].as_array().unwrap().len(), 5);
+    assert!(
+        drafts["jobs"][0].get("token").is_none(),
+        "listing never shows tokens"
+    );
+    assert_eq!(
+        api.get("/v1/jobs?state=succeeded").json()["jobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+}
+
+#[test]
+fn bulk_retry_re_runs_held_jobs_of_a_provider_and_counts_the_skipped() {
+    let p = MockProvider::start();
+    let api = Api::start();
+    let mut ids = Vec::new();
+    for prov in ["pm", "pm", "other"] {
+        let mut b = job_body(&p.url("/held"));
+        b["state"] = json!("draft");
+        b["provider"] = json!(prov);
+        ids.push(
+            api.post("/v1/jobs", &b).json()["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // One pm job is canceled: its state forbids retry.
+    assert_eq!(
+        api.post(&format!("/v1/jobs/{}/cancel", ids[0]), &json!({}))
+            .status,
+        200
+    );
+    let a = api.post(
+        "/v1/jobs/bulk",
+        &json!({"action": "retry", "filter": {"provider": "pm", "since": "2020-01-01T00:00:00Z"}}),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.json();
+    assert_eq!(v["changed"], 1);
+    assert_eq!(v["skipped"], 1);
+    assert_eq!(v["ids"], json!([ids[1]]));
+    wait_for(10, "the retried job to run", || p.count("/held") == 1);
+    assert_eq!(api.env.state(ids[2].parse().unwrap()), "draft");
+    let bad = api.post(
+        "/v1/jobs/bulk",
+        &json!({"action": "retry", "filter": {"since": "yesterday"}}),
+    );
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("filter.since"));
+}
+
+#[test]
+fn accounts_pause_resume_suspend_and_the_global_switch_show_in_status() {
+    let p = MockProvider::start();
+    let api = Api::start();
+    let a = api.post("/v1/accounts/acme/pause", &json!({}));
+    assert_eq!(a.status, 200);
+    assert_eq!(a.json()["paused"], true);
+    let id = api.post("/v1/jobs", &job_body(&p.url("/paused"))).json()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let s = api.get("/v1/status").json();
+    assert_eq!(s["paused_accounts"], json!(["acme"]));
+    assert_eq!(s["jobs"]["approved"], 1);
+    assert_eq!(s["jobs"]["succeeded"], 0);
+    assert_eq!(
+        api.post("/v1/accounts/acme/resume", &json!({})).json()["paused"],
+        false
+    );
+    let done = http(
+        "GET",
+        &api.url(&format!("/v1/jobs/{id}")),
+        &[("Prefer", "wait=10")],
+        None,
+    );
+    assert_eq!(done.json()["state"], "succeeded");
+
+    assert_eq!(api.post("/v1/pause", &json!({})).json()["paused"], true);
+    assert_eq!(api.get("/v1/status").json()["paused"], true);
+    assert_eq!(api.post("/v1/resume", &json!({})).json()["paused"], false);
+
+    let s = http(
+        "PUT",
+        &api.url("/v1/accounts/acme"),
+        &[],
+        Some(r#"{"status": "suspended"}"#),
+    );
+    assert_eq!(s.status, 200, "{}", s.body);
+    assert_eq!(s.json()["status"], "suspended");
+    assert_eq!(api.get("/v1/accounts/acme").json()["status"], "suspended");
+    let c = api.post_with(
+        "/v1/jobs",
+        &[("Prefer", "wait=10")],
+        &job_body(&p.url("/suspended")),
+    );
+    assert_eq!(c.status, 200);
+    assert_eq!(c.json()["state"], "canceled");
+    assert_eq!(p.count("/suspended"), 0);
+}
+
+#[test]
+fn notifications_and_triage_are_listed() {
+    let p = MockProvider::start();
+    p.script("/teapot", vec![Step::status(418)]);
+    p.script("/refused", vec![Step::status(403)]);
+    let api = Api::start();
+    let held = api.post_with(
+        "/v1/jobs",
+        &[("Prefer", "wait=10")],
+        &job_body(&p.url("/teapot")),
+    );
+    assert_eq!(held.status, 200);
+    assert_eq!(held.json()["state"], "draft");
+    let refused = api.post_with(
+        "/v1/jobs",
+        &[("Prefer", "wait=10")],
+        &job_body(&p.url("/refused")),
+    );
+    assert_eq!(refused.json()["state"], "canceled");
+    let t = api.get("/v1/triage").json();
+    assert_eq!(t["triage"].as_array().unwrap().len(), 1);
+    assert_eq!(t["triage"][0]["provider"], "pm");
+    let n = api.get("/v1/notifications?account=acme").json();
+    let kinds: Vec<&str> = n["notifications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"forbidden"), "{kinds:?}");
+    assert_eq!(
+        api.get("/v1/notifications?account=nobody").json()["notifications"],
+        json!([])
+    );
+}
+
+#[test]
+fn every_route_in_openapi_json_is_served_over_http() {
+    let api = Api::start();
+    let doc = api.get("/openapi.json").json();
+    assert_eq!(doc["openapi"], "3.1.0");
+    let paths = doc["paths"].as_object().unwrap();
+    assert_eq!(
+        paths
+            .values()
+            .map(|p| p.as_object().unwrap().len())
+            .sum::<usize>(),
+        ROUTES.len()
+    );
+    for (path, ops) in paths {
+        for method in ops.as_object().unwrap().keys() {
+            let m = method.to_ascii_uppercase();
+            let a = http(&m, &api.url(&concrete(path)), &[], Some("{}"));
+            assert_ne!(a.status, 405, "{m} {path}");
+            if a.status == 404 {
+                assert_ne!(
+                    a.json()["error"]["code"],
+                    "no_route",
+                    "{m} {path} is not routed"
+                );
+            }
+            assert!(a.status < 500, "{m} {path}: {} {}", a.status, a.body);
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Parked `Prefer: wait=N` requests. The tiny_http `Request` itself waits here with its
+//! deadline, not a handler thread: the writer signals the job's waiters after it commits
+//! an outcome ([`crate::engine::waiters`]), and one responder thread answers each parked
+//! request when signalled or when its deadline passes. No waiter polls the database.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Select, Sender};
+
+use super::{v1, Api, Reply};
+use crate::error::{Error, Result};
+use crate::store::jobs;
+
+/// The most requests parked at once; beyond it a wait answers 503 with `Retry-After`.
+pub const MAX_PARKED: usize = 1024;
+
+/// The longest `Prefer: wait` honoured, in seconds (SPEC §4).
+pub const MAX_WAIT_S: u64 = 60;
+
+/// How a parked request is answered once it is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitKind {
+    /// `POST /v1/jobs`: 200 with the job if it finished, else 202 with id and token.
+    Created,
+    /// `GET /v1/jobs/{id}`: 200 with the job if it finished, else 202 and `Retry-After`.
+    Poll,
+}
+
+/// A request to park: which job, until when, and how to answer.
+#[derive(Debug, Clone)]
+pub struct Wait {
+    pub job_id: i64,
+    pub deadline: Instant,
+    pub kind: WaitKind,
+    /// Extra headers for the answer (e.g. `Idempotent-Replayed`).
+    pub headers: Vec<(String, String)>,
+}
+
+struct Parked {
+    raw: tiny_http::Request,
+    wait: Wait,
+    woken: Receiver<()>,
+}
+
+enum Msg {
+    Park(Box<Parked>),
+    Stop,
+}
+
+/// The registry of parked requests: a channel to the responder and a count for the cap.
+pub struct Parking {
+    tx: Sender<Msg>,
+    rx: Receiver<Msg>,
+    count: AtomicUsize,
+    max: usize,
+}
+
+impl Parking {
+    /// An empty registry holding at most `max` requests.
+    pub fn new(max: usize) -> Parking {
+        let (tx, rx) = unbounded();
+        Parking {
+            tx,
+            rx,
+            count: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// How many requests are parked now.
+    pub fn parked(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Parks `raw` until `wait.job_id` leaves approved/running/retry or the deadline
+    /// passes. Answers at once when the job is already done, and with 503 beyond the cap.
+    pub(super) fn park(&self, api: &Api, raw: tiny_http::Request, wait: Wait) {
+        if self.count.fetch_add(1, Ordering::SeqCst) >= self.max {
+            self.count.fetch_sub(1, Ordering::SeqCst);
+            let reply = Reply::error(
+                503,
+                "too_many_waits",
+                &format!(
+                    "{} requests are already waiting (Prefer: wait); poll without it or retry shortly",
+                    self.max
+                ),
+            )
+            .header("Retry-After", "1");
+            let _ = raw.respond(reply.into_response());
+            return;
+        }
+        // Register before reading, so a commit in between still wakes us.
+        let woken = subscribe(api, wait.job_id);
+        let parked = Parked { raw, wait, woken };
+        match still_waiting(api, &parked.wait) {
+            Some(false) | None => self.answer(api, parked),
+            Some(true) => {
+                if let Err(e) = self.tx.send(Msg::Park(Box::new(parked))) {
+                    if let Msg::Park(p) = e.into_inner() {
+                        self.answer(api, *p);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Tells the responder to answer everything parked and stop.
+    pub(super) fn stop(&self) {
+        let _ = self.tx.send(Msg::Stop);
+    }
+
+    /// Answers a parked request with the job as it is now.
+    fn answer(&self, api: &Api, p: Parked) {
+        self.count.fetch_sub(1, Ordering::SeqCst);
+        let reply = match read_job(api, p.wait.job_id) {
+            Ok(job) => v1::jobs::wait_reply(api, p.wait.kind, &job),
+            Err(e) => Reply::from_error(&e),
+        };
+        let mut reply = reply;
+        reply.headers.extend(p.wait.headers);
+        let _ = p.raw.respond(reply.into_response());
+    }
+}
+
+fn subscribe(api: &Api, job_id: i64) -> Receiver<()> {
+    let (tx, rx) = bounded(1);
+    api.shared.waiters.register(job_id, tx);
+    rx
+}
+
+fn read_job(api: &Api, id: i64) -> Result<crate::job::Job> {
+    jobs::get(&*api.shared.store.read()?, id)
+}
+
+/// `Some(true)` while the wait goes on: the job is pending and the deadline is ahead.
+fn still_waiting(api: &Api, wait: &Wait) -> Option<bool> {
+    if Instant::now() >= wait.deadline {
+        return Some(false);
+    }
+    match read_job(api, wait.job_id) {
+        Ok(job) => Some(job.state.is_pending()),
+        Err(Error::NotFound(_)) => Some(false),
+        Err(e) => {
+            log::warn!("reading job {} for a parked wait: {e}", wait.job_id);
+            None
+        }
+    }
+}
+
+/// Starts the responder thread of `api.parking`.
+pub(super) fn spawn_responder(api: std::sync::Arc<Api>) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("errand-http-responder".into())
+        .spawn(move || respond_loop(&api))
+        .map_err(Error::Io)
+}
+
+/// The responder: waits on the control channel and every parked request's wake-up at
+/// once, until the nearest deadline.
+fn respond_loop(api: &Api) {
+    let parking = &api.parking;
+    let mut parked: Vec<Parked> = Vec::new();
+    loop {
+        let next_deadline = parked.iter().map(|p| p.wait.deadline).min();
+        let timeout = next_deadline
+            .map(|d| d.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(3600));
+        // Which event fired; the select borrows `parked`, so act on it afterwards.
+        let event = {
+            let mut sel = Select::new();
+            sel.recv(&parking.rx);
+            for p in &parked {
+                sel.recv(&p.woken);
+            }
+            match sel.select_timeout(timeout) {
+                Err(_) => None,
+                Ok(op) if op.index() == 0 => Some(Err(op.recv(&parking.rx))),
+                Ok(op) => {
+                    let i = op.index() - 1;
+                    let _ = op.recv(&parked[i].woken);
+                    Some(Ok(i))
+                }
+            }
+        };
+        match event {
+            None => {}
+            Some(Err(Ok(Msg::Park(p)))) => parked.push(*p),
+            Some(Err(Ok(Msg::Stop) | Err(_))) => {
+                for p in parked.drain(..) {
+                    parking.answer(api, p);
+                }
+                return;
+            }
+            Some(Ok(i)) => {
+                let mut p = parked.swap_remove(i);
+                p.woken = subscribe(api, p.wait.job_id);
+                match still_waiting(api, &p.wait) {
+                    Some(true) => parked.push(p),
+                    Some(false) | None => parking.answer(api, p),
+                }
+            }
+        }
+        let now = Instant::now();
+        let (over, waiting): (Vec<Parked>, Vec<Parked>) =
+            parked.into_iter().partition(|p| p.wait.deadline <= now);
+        parked = waiting;
+        for p in over {
+            parking.answer(api, p);
+        }
+    }
+}
