@@ -26,6 +26,9 @@ pub enum WaitKind {
     Created,
     /// `GET /v1/jobs/{id}`: 200 with the job if it finished, else 202 and `Retry-After`.
     Poll,
+    /// An operation (`POST` when `created`, else `GET`): the wait follows its current
+    /// step's job from step to step until the operation is no longer running.
+    Operation { op_id: i64, created: bool },
 }
 
 /// A request to park: which job, until when, and how to answer.
@@ -93,8 +96,8 @@ impl Parking {
         }
         // Register before reading, so a commit in between still wakes us.
         let woken = subscribe(api, wait.job_id);
-        let parked = Parked { raw, wait, woken };
-        match still_waiting(api, &parked.wait) {
+        let mut parked = Parked { raw, wait, woken };
+        match settle(api, &mut parked) {
             Some(false) | None => self.answer(api, parked),
             Some(true) => {
                 if let Err(e) = self.tx.send(Msg::Park(Box::new(parked))) {
@@ -114,9 +117,14 @@ impl Parking {
     /// Answers a parked request with the job as it is now.
     fn answer(&self, api: &Api, p: Parked) {
         self.count.fetch_sub(1, Ordering::SeqCst);
-        let reply = match read_job(api, p.wait.job_id) {
-            Ok(job) => v1::jobs::wait_reply(api, p.wait.kind, &job),
-            Err(e) => Reply::from_error(&e),
+        let reply = match p.wait.kind {
+            WaitKind::Operation { op_id, created } => {
+                v1::operations::wait_reply(api, op_id, created)
+            }
+            kind => match read_job(api, p.wait.job_id) {
+                Ok(job) => v1::jobs::wait_reply(api, kind, &job),
+                Err(e) => Reply::from_error(&e),
+            },
         };
         let mut reply = reply;
         reply.headers.extend(p.wait.headers);
@@ -134,10 +142,37 @@ fn read_job(api: &Api, id: i64) -> Result<crate::job::Job> {
     jobs::get(&*api.shared.store.read()?, id)
 }
 
-/// `Some(true)` while the wait goes on: the job is pending and the deadline is ahead.
-fn still_waiting(api: &Api, wait: &Wait) -> Option<bool> {
+/// `still_waiting`, following an operation to its current step: when the step changed,
+/// subscribe to the new step's job and look again.
+fn settle(api: &Api, p: &mut Parked) -> Option<bool> {
+    loop {
+        let before = p.wait.job_id;
+        let r = still_waiting(api, &mut p.wait);
+        if p.wait.job_id == before {
+            return r;
+        }
+        p.woken = subscribe(api, p.wait.job_id);
+    }
+}
+
+/// `Some(true)` while the wait goes on: the job (or operation) is pending and the
+/// deadline is ahead. For an operation, moves `wait.job_id` to its current step's job.
+fn still_waiting(api: &Api, wait: &mut Wait) -> Option<bool> {
     if Instant::now() >= wait.deadline {
         return Some(false);
+    }
+    if let WaitKind::Operation { op_id, .. } = wait.kind {
+        return match v1::operations::current_step_job(api, op_id) {
+            Ok(Some(job_id)) => {
+                wait.job_id = job_id;
+                Some(true)
+            }
+            Ok(None) => Some(false),
+            Err(e) => {
+                log::warn!("reading operation {op_id} for a parked wait: {e}");
+                None
+            }
+        };
     }
     match read_job(api, wait.job_id) {
         Ok(job) => Some(job.state.is_pending()),
@@ -196,7 +231,7 @@ fn respond_loop(api: &Api) {
             Some(Ok(i)) => {
                 let mut p = parked.swap_remove(i);
                 p.woken = subscribe(api, p.wait.job_id);
-                match still_waiting(api, &p.wait) {
+                match settle(api, &mut p) {
                     Some(true) => parked.push(p),
                     Some(false) | None => parking.answer(api, p),
                 }

@@ -76,6 +76,40 @@ pub const ROUTES: &[Route] = &[
     r("GET", "/v1/status", v1::misc::status),
     r("GET", "/v1/notifications", v1::misc::notifications),
     r("GET", "/v1/triage", v1::misc::triage),
+    r("POST", "/v1/operations", v1::operations::create),
+    Route {
+        method: "GET",
+        path: "/v1/operations/{id}",
+        handler: v1::operations::poll,
+        job_token: true,
+    },
+    r(
+        "POST",
+        "/v1/operations/{id}/approve",
+        v1::operations::approve,
+    ),
+    r("POST", "/v1/operations/{id}/retry", v1::operations::retry),
+    r("POST", "/v1/operations/{id}/cancel", v1::operations::cancel),
+    r(
+        "GET",
+        "/v1/channels/{channel}/subscriptions",
+        v1::channels::list_subscriptions,
+    ),
+    r(
+        "PUT",
+        "/v1/channels/{channel}/subscriptions/{name}",
+        v1::channels::put_subscription,
+    ),
+    r(
+        "DELETE",
+        "/v1/channels/{channel}/subscriptions/{name}",
+        v1::channels::delete_subscription,
+    ),
+    r(
+        "POST",
+        "/v1/channels/{channel}/events",
+        v1::channels::publish,
+    ),
 ];
 
 /// The OpenAPI 3.1 description of [`ROUTES`].

@@ -12,18 +12,18 @@ use serde_json::{json, Value};
 use crate::support::*;
 
 /// An in-process errand serving on 127.0.0.1:0; stopped on drop.
-struct Api {
+pub(crate) struct Api {
     server: Option<Server>,
     base: String,
-    env: TestEnv,
+    pub(crate) env: TestEnv,
 }
 
 impl Api {
-    fn start() -> Api {
+    pub(crate) fn start() -> Api {
         Self::with_config("")
     }
 
-    fn with_config(toml: &str) -> Api {
+    pub(crate) fn with_config(toml: &str) -> Api {
         let env = TestEnv::with_config(toml);
         let mut config = env.config.clone();
         config.listen = "127.0.0.1:0".into();
@@ -36,19 +36,19 @@ impl Api {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
-    fn get(&self, path: &str) -> Answer {
+    pub(crate) fn get(&self, path: &str) -> Answer {
         http("GET", &self.url(path), &[], None)
     }
 
-    fn post(&self, path: &str, body: &Value) -> Answer {
+    pub(crate) fn post(&self, path: &str, body: &Value) -> Answer {
         self.post_with(path, &[], body)
     }
 
-    fn post_with(&self, path: &str, headers: &[(&str, &str)], body: &Value) -> Answer {
+    pub(crate) fn post_with(&self, path: &str, headers: &[(&str, &str)], body: &Value) -> Answer {
         http("POST", &self.url(path), headers, Some(&body.to_string()))
     }
 
@@ -78,6 +78,8 @@ fn concrete(path: &str) -> String {
     path.replace("{id}", "1")
         .replace("{account}", "acme")
         .replace("{provider}", "pm")
+        .replace("{channel}", "orders")
+        .replace("{name}", "sub")
 }
 
 // --- Done when: 202 + Location, poll 202 with Retry-After, then 200 with the result;

@@ -398,3 +398,139 @@ fn an_event_row_in_the_outbox_is_published() {
     assert!(verify(SECRET_A, &p.requests("/sub")[0]));
     engine.shutdown(Duration::from_secs(5));
 }
+
+// --- Over HTTP: POST /v1/operations, GET /v1/operations/{id}, channels.
+
+#[test]
+fn over_http_an_operation_answers_202_then_200_with_the_three_results() {
+    let p = MockProvider::start();
+    p.default_for("/charges", Step::json(201, r#"{"id":"ch_42"}"#));
+    p.default_for("/tokens/ch_42", Step::json(200, r#"{"token":"tok_7"}"#));
+    p.script("/receipts", vec![Step::status(503)]);
+    p.default_for("/receipts", Step::json(200, r#"{"sent":true}"#).delay(300));
+    let api = crate::api::Api::start();
+    let created = api.post("/v1/operations", &three_steps(&p));
+    assert_eq!(created.status, 202, "{}", created.body);
+    let c = created.json();
+    let status_url = c["status_url"].as_str().unwrap().to_string();
+    assert_eq!(
+        created.header("location"),
+        Some(format!("/v1/operations/{}", c["id"].as_str().unwrap()).as_str())
+    );
+    let first = api.get(&status_url);
+    assert_eq!(first.status, 202);
+    assert!(first.header("retry-after").is_some());
+    let done = http("GET", &api.url(&status_url), &[("Prefer", "wait=20")], None);
+    assert_eq!(done.status, 200, "{}", done.body);
+    let v = done.json();
+    assert_eq!(v["state"], "succeeded");
+    let results: Vec<&Value> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["result"])
+        .collect();
+    assert_eq!(results[0]["json"]["id"], "ch_42");
+    assert_eq!(results[1]["json"]["token"], "tok_7");
+    assert_eq!(results[2]["json"]["sent"], true);
+    assert_eq!(p.count("/charges"), 1);
+    assert_eq!(p.count("/tokens/ch_42"), 1);
+    assert_eq!(p.count("/receipts"), 2);
+    // A wrong token is a 404 like an unknown id.
+    let id = c["id"].as_str().unwrap();
+    assert_eq!(
+        api.get(&format!("/v1/operations/{id}?token=nope")).status,
+        404
+    );
+    assert_eq!(api.get("/v1/operations/999999?token=nope").status, 404);
+}
+
+#[test]
+fn over_http_prefer_wait_and_idempotency_keys_work_for_operations() {
+    let p = MockProvider::start();
+    p.default_for("/charges", Step::json(201, r#"{"id":"ch_42"}"#));
+    p.default_for("/tokens/ch_42", Step::json(200, r#"{"token":"tok_7"}"#));
+    let api = crate::api::Api::start();
+    let body = three_steps(&p);
+    let h = [("Prefer", "wait=20"), ("Idempotency-Key", "op-1")];
+    let a = api.post_with("/v1/operations", &h, &body);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["state"], "succeeded");
+    let b = api.post_with("/v1/operations", &h, &body);
+    assert_eq!(b.status, 200);
+    assert_eq!(b.header("idempotent-replayed"), Some("true"));
+    assert_eq!(a.json()["id"], b.json()["id"]);
+    assert_eq!(p.count("/charges"), 1);
+    let mut other = body.clone();
+    other["steps"][0]["request"]["json"]["amount"] = json!(9);
+    assert_eq!(api.post_with("/v1/operations", &h, &other).status, 422);
+    let bad = api.post(
+        "/v1/operations",
+        &json!({"account": "a", "steps": [{"request": {"url": "http://x/"}}]}),
+    );
+    assert_eq!(bad.status, 400);
+    assert!(bad.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("steps[0].name"));
+}
+
+#[test]
+fn over_http_an_event_reaches_subscribers_and_a_bad_payload_is_422() {
+    let p = MockProvider::start();
+    let api = crate::api::Api::with_config(
+        "[channels.email]\nschema = { required = [\"to\", \"subject\"], properties = { to = \"string\", subject = \"string\" } }\n",
+    );
+    for (name, secret) in [("a", SECRET_A), ("b", SECRET_B)] {
+        let r = http(
+            "PUT",
+            &api.url(&format!("/v1/channels/email/subscriptions/{name}")),
+            &[],
+            Some(&json!({"url": p.url(&format!("/hook-{name}")), "secret": secret}).to_string()),
+        );
+        assert_eq!(r.status, 204, "{}", r.body);
+    }
+    let bad_secret = http(
+        "PUT",
+        &api.url("/v1/channels/email/subscriptions/c"),
+        &[],
+        Some(&json!({"url": p.url("/c"), "secret": "hunter2"}).to_string()),
+    );
+    assert_eq!(bad_secret.status, 400);
+    let listed = api.get("/v1/channels/email/subscriptions");
+    assert_eq!(listed.json()["subscriptions"].as_array().unwrap().len(), 2);
+    assert!(!listed.body.contains("whsec_"));
+    let missing = api.post(
+        "/v1/channels/email/events",
+        &json!({"payload": {"to": "x@y.z"}}),
+    );
+    assert_eq!(missing.status, 422, "{}", missing.body);
+    assert!(missing.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("payload.subject"));
+    assert_eq!(api.env.count_sql("SELECT COUNT(*) FROM jobs"), 0);
+    let ok = api.post(
+        "/v1/channels/email/events",
+        &json!({"payload": {"to": "x@y.z", "subject": "hi"}}),
+    );
+    assert_eq!(ok.status, 202, "{}", ok.body);
+    assert_eq!(ok.json()["deliveries"].as_array().unwrap().len(), 2);
+    wait_for(10, "both delivered", || {
+        p.count("/hook-a") == 1 && p.count("/hook-b") == 1
+    });
+    assert!(verify(SECRET_A, &p.requests("/hook-a")[0]));
+    assert!(verify(SECRET_B, &p.requests("/hook-b")[0]));
+    let del = http(
+        "DELETE",
+        &api.url("/v1/channels/email/subscriptions/b"),
+        &[],
+        None,
+    );
+    assert_eq!(del.status, 204);
+    let again = api.post(
+        "/v1/channels/email/events",
+        &json!({"payload": {"to": "x@y.z", "subject": "2"}}),
+    );
+    assert_eq!(again.json()["deliveries"].as_array().unwrap().len(), 1);
+}

@@ -6,7 +6,7 @@
 mod support;
 
 mod admin;
-mod api;
+pub(crate) mod api;
 mod engine;
 mod flows;
 mod foundation;

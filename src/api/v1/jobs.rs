@@ -59,7 +59,7 @@ pub(crate) fn wait_reply(api: &Api, kind: WaitKind, job: &Job) -> Reply {
         WaitKind::Created => {
             Reply::json(200, &job.to_json()).header("Location", &format!("/v1/jobs/{}", job.id))
         }
-        WaitKind::Poll => polled(api, job),
+        WaitKind::Poll | WaitKind::Operation { .. } => polled(api, job),
     }
 }
 

@@ -1,8 +1,10 @@
 //! The `/v1` handlers (SPEC §4), routed by [`super::routes::ROUTES`].
 
 pub mod accounts;
+pub mod channels;
 pub mod jobs;
 pub mod misc;
+pub mod operations;
 
 use std::time::Duration;
 
