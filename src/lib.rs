@@ -10,6 +10,7 @@
 //! - [`engine`]: scheduler, workers, writer and supervisor threads.
 //! - [`classify`], [`backoff`]: pure decisions. [`http_call`]: one outbound request.
 //! - [`api`]: the HTTP API on tiny_http. [`cli`]: the command line. [`config`]: settings.
+//! - [`bench`]: `errand bench`, the self-contained benchmark with its local target.
 //!
 //! # Enqueue inside your own transaction
 //!
@@ -27,6 +28,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod bench;
 pub mod classify;
 pub mod cli;
 pub mod clock;

@@ -9,6 +9,7 @@
 
 pub mod accounts;
 pub mod attempts;
+pub mod bench;
 pub mod engine;
 pub mod jobs;
 mod migrate;
