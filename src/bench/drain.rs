@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::report::{DrainReport, FullReport, HistoryReport, SlowReport};
 use super::target::{Target, TargetConfig};
 use super::{
-    check_all_succeeded, config, enqueue_up_front, median, percentile, remove_db,
+    check_all_succeeded, config, cpu_time, enqueue_up_front, median, percentile, remove_db,
     wait_for_successes, Options, Workspace,
 };
 use crate::clock::{Clock, SystemClock};
@@ -21,9 +21,16 @@ use crate::store::{engine as store_engine, Store, Synchronous};
 /// How long a bench engine may take to finish its last calls at shutdown.
 const GRACE: Duration = Duration::from_secs(10);
 
+/// What one drain measured.
+struct Drained {
+    per_s: f64,
+    /// CPU time of the whole process (engine and target) per job, in microseconds.
+    cpu_us: f64,
+    attempts: i64,
+}
+
 /// One drain on `store`: `n` due jobs of `account` enqueued, then an engine with
-/// `workers` started and timed until every job's success is committed. Returns jobs/s
-/// and the attempt rows written.
+/// `workers` started and timed until every job's success is committed.
 fn drain_once(
     store: &Arc<Store>,
     sync: Synchronous,
@@ -31,24 +38,30 @@ fn drain_once(
     url: &str,
     account: &str,
     n: usize,
-) -> Result<(f64, i64)> {
+) -> Result<Drained> {
     let now = SystemClock.now_ms();
     enqueue_up_front(store, account, url, n, now)?;
     let cfg = Arc::new(config(store.path(), workers, sync));
+    let cpu = cpu_time();
     let start = Instant::now();
     let engine = Engine::start(store.clone(), cfg, Arc::new(SystemClock))?;
     let waited = super::wait_for_successes(&engine, n as u64, "drain");
     let elapsed = start.elapsed();
+    let cpu = cpu_time().zip(cpu).map(|(b, a)| b.saturating_sub(a));
     engine.shutdown(GRACE);
     waited?;
     let attempts = check_all_succeeded(store, account, n)?;
-    Ok((n as f64 / elapsed.as_secs_f64(), attempts))
+    Ok(Drained {
+        per_s: n as f64 / elapsed.as_secs_f64(),
+        cpu_us: cpu.map_or(0.0, |c| c.as_secs_f64() * 1e6 / n as f64),
+        attempts,
+    })
 }
 
 /// The raw ceiling: `n` requests to `url` from `threads` threads in a bare loop over one
 /// agent built like the engine's (same settings, same per-phase timeouts). Returns
-/// requests/s.
-pub fn raw(url: &str, threads: usize, n: usize) -> f64 {
+/// requests/s and CPU microseconds per request.
+pub fn raw(url: &str, threads: usize, n: usize) -> (f64, f64) {
     let agent = http_call::agent(threads);
     let call = Call {
         method: "GET".into(),
@@ -59,6 +72,7 @@ pub fn raw(url: &str, threads: usize, n: usize) -> f64 {
         body_cap: crate::config::Config::default().response_body_cap,
     };
     let next = AtomicUsize::new(0);
+    let cpu = cpu_time();
     let start = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -72,7 +86,9 @@ pub fn raw(url: &str, threads: usize, n: usize) -> f64 {
             });
         }
     });
-    n as f64 / start.elapsed().as_secs_f64()
+    let per_s = n as f64 / start.elapsed().as_secs_f64();
+    let cpu = cpu_time().zip(cpu).map(|(b, a)| b.saturating_sub(a));
+    (per_s, cpu.map_or(0.0, |c| c.as_secs_f64() * 1e6 / n as f64))
 }
 
 /// Scenario 1 and 2: the drain and the raw ceiling, `runs` times on fresh databases.
@@ -85,11 +101,13 @@ pub fn drain(
     let url = target.url("/drain");
     let mut errand = Vec::new();
     let mut raw_runs = Vec::new();
+    let mut cpu = Vec::new();
+    let mut raw_cpu = Vec::new();
     let mut attempts = 0;
     for run in 0..opts.runs {
         let (store, path) = ws.fresh(opts.synchronous)?;
         let account = format!("drain-{run}");
-        let (rate, a) = drain_once(
+        let d = drain_once(
             &store,
             opts.synchronous,
             opts.workers,
@@ -99,14 +117,18 @@ pub fn drain(
         )?;
         drop(store);
         remove_db(&path);
-        attempts += a;
-        let r = raw(&url, opts.workers, opts.jobs);
+        attempts += d.attempts;
+        let (r, r_cpu) = raw(&url, opts.workers, opts.jobs);
         progress(&format!(
-            "drain run {}: errand {rate:.0} jobs/s, raw {r:.0} req/s",
-            run + 1
+            "drain run {}: errand {:.0} jobs/s ({:.0} us CPU/job), raw {r:.0} req/s ({r_cpu:.0} us CPU/req)",
+            run + 1,
+            d.per_s,
+            d.cpu_us
         ));
-        errand.push(rate);
+        errand.push(d.per_s);
+        cpu.push(d.cpu_us);
         raw_runs.push(r);
+        raw_cpu.push(r_cpu);
     }
     let ratios: Vec<f64> = errand.iter().zip(&raw_runs).map(|(e, r)| e / r).collect();
     Ok(DrainReport {
@@ -116,6 +138,8 @@ pub fn drain(
         raw_per_s: median(&raw_runs),
         ratio_to_raw: median(&ratios),
         attempt_rows: attempts,
+        cpu_us_per_job: median(&cpu),
+        raw_cpu_us_per_req: median(&raw_cpu),
         runs: errand,
         raw_runs,
     })
@@ -134,14 +158,15 @@ pub fn full_vs_normal(
     for run in 0..opts.runs {
         let (store, path) = ws.fresh(Synchronous::Normal)?;
         let account = format!("normal-{run}");
-        let (rate, _) = drain_once(
+        let rate = drain_once(
             &store,
             Synchronous::Normal,
             opts.workers,
             &url,
             &account,
             opts.jobs,
-        )?;
+        )?
+        .per_s;
         drop(store);
         remove_db(&path);
         progress(&format!(
@@ -276,14 +301,15 @@ pub fn slow(
     let mut runs = Vec::new();
     for run in 0..opts.runs {
         let account = format!("slow-{run}");
-        let (rate, _) = drain_once(
+        let rate = drain_once(
             store,
             opts.synchronous,
             opts.slow_workers,
             &url,
             &account,
             opts.slow_jobs,
-        )?;
+        )?
+        .per_s;
         progress(&format!("slow run {}: {rate:.0} jobs/s", run + 1));
         runs.push(rate);
     }

@@ -74,6 +74,10 @@ pub struct DrainReport {
     pub ratio_to_raw: f64,
     /// Audit rows written over all runs (at least jobs × runs).
     pub attempt_rows: i64,
+    /// CPU time of the whole process (engine and in-process target) per job, and per raw
+    /// request: steadier than jobs/s when the machine is shared.
+    pub cpu_us_per_job: f64,
+    pub raw_cpu_us_per_req: f64,
     pub runs: Vec<f64>,
     pub raw_runs: Vec<f64>,
 }
@@ -341,6 +345,13 @@ impl Report {
                 format!("{:.0} req/s  (runs {})", d.raw_per_s, list(&d.raw_runs)),
             );
             row("   errand / raw", format!("{:.2}", d.ratio_to_raw));
+            row(
+                "   CPU per job / per raw request",
+                format!(
+                    "{:.0} us / {:.0} us (whole process, target included)",
+                    d.cpu_us_per_job, d.raw_cpu_us_per_req
+                ),
+            );
         }
         if let Some(f) = &self.synchronous_full {
             row(
