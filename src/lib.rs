@@ -12,6 +12,7 @@
 //! - [`api`]: the HTTP API on tiny_http, the admin page, `/metrics`, `/readyz`,
 //!   `/client.js`. [`cli`]: the command line. [`config`]: settings.
 //! - [`webhook`]: Standard Webhooks signatures for `notify_url` and channel deliveries.
+//! - [`bench`]: `errand bench`, the self-contained benchmark with its local target.
 //!
 //! # Enqueue inside your own transaction
 //!
@@ -29,6 +30,7 @@
 
 pub mod api;
 pub mod backoff;
+pub mod bench;
 pub mod channel;
 pub mod classify;
 pub mod cli;

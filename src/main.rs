@@ -41,9 +41,14 @@ fn serve(cli: &Cli, listen: &Option<String>, workers: Option<usize>) -> Result<(
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().filter_or("ERRAND_LOG", "info"))
-        .init();
     let cli = Cli::parse();
+    // The bench starts and stops many engines: their info lines would bury its progress.
+    let level = if matches!(cli.command, Command::Bench(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().filter_or("ERRAND_LOG", level)).init();
     let result = match &cli.command {
         Command::Serve { listen, workers } => serve(&cli, listen, *workers),
         _ => errand::cli::run(&cli, &env).map(|out| {

@@ -7,6 +7,7 @@ mod support;
 
 mod admin;
 pub(crate) mod api;
+mod bench;
 mod engine;
 mod flows;
 mod foundation;
