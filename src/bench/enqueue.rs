@@ -165,7 +165,12 @@ pub fn enqueue(
         let server = crate::server::Server::start(cfg, Arc::new(SystemClock))?;
         let base = format!("http://{}", server.http.addr());
         let http = enqueue_http(&base, None, opts.enqueue_clients, opts.enqueue_jobs, &body);
-        let rate = through_writer(&server.engine, opts.enqueue_clients, opts.enqueue_jobs, &url);
+        let rate = through_writer(
+            &server.engine,
+            opts.enqueue_clients,
+            opts.enqueue_jobs,
+            &url,
+        );
         let shared = server.engine.shared().clone();
         let store = shared.store.clone();
         let outbox = time_outbox(&store, opts.enqueue_jobs, &payload, &mut |_| {
