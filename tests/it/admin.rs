@@ -244,7 +244,9 @@ fn browser_logs_in_sees_counts_and_a_finished_job_then_retries_a_held_job() {
 
 /// A stand-in for `/v1/jobs` that follows SPEC §4 (POST -> 202 with status_url; polls
 /// answer 202 with Retry-After until done, then 200 with the job), plus a page that
-/// loads errand's real `/client.js`. Used until `/v1` is merged into this branch.
+/// loads errand's real `/client.js` from errand's origin: an application serving its own
+/// page and forwarding `/v1` to errand. It counts polls exactly, which the real errand
+/// (whose 202s depend on timing) cannot; the test against the real `/v1/jobs` follows.
 struct FakeApi {
     server: Arc<tiny_http::Server>,
     port: u16,
@@ -364,7 +366,117 @@ fn browser_client_js_follows_202_polling_to_the_result_and_rejects_a_canceled_jo
     assert_eq!(refused["state"], "canceled", "{refused}");
     assert_eq!(refused["reason"], "forbidden");
     assert_eq!(refused["err"], "the provider refused the request (403)");
-    // TODO(after merging /v1): the same against errand's real POST /v1/jobs.
+}
+
+/// Loads errand's `/client.js` into the current page (of errand's own origin), records
+/// every response the script's `fetch` calls see, runs
+/// `errand.request("/v1/jobs", {method: "POST", body, headers, timeoutMs})` and reports
+/// the outcome with the recorded responses.
+const REAL_REQUEST: &str = r#"
+const [body, headers, done] = arguments;
+const seen = [];
+const loaded = window.errand ? Promise.resolve() : new Promise((resolve, reject) => {
+  const s = document.createElement("script");
+  s.src = "/client.js";
+  s.onload = resolve;
+  s.onerror = () => reject(new Error("could not load /client.js"));
+  (document.head || document.documentElement).appendChild(s);
+});
+window.__realFetch = window.__realFetch || window.fetch;
+window.fetch = (url, init) => window.__realFetch(url, init).then(r => {
+  seen.push({method: (init && init.method) || "GET", url: String(url), status: r.status});
+  return r;
+});
+loaded
+  .then(() => errand.request("/v1/jobs", {method: "POST", body: body, headers: headers, timeoutMs: 20000}))
+  .then(job => done({ok: job, seen: seen}),
+        err => done({err: err.message, state: err.state || null, category: err.category || null,
+                     reason: err.reason || null, status: err.status || null, seen: seen}));
+"#;
+
+/// The recorded responses' statuses and methods, for assertions and messages.
+fn fetches(v: &Value) -> Vec<(String, u64)> {
+    v["seen"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    (
+                        s["method"].as_str().unwrap_or("").to_string(),
+                        s["status"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn browser_client_js_on_errands_origin_follows_real_v1_jobs_polling_and_rejects_a_forbidden_job() {
+    let Some(browser) = Browser::start("client.js against the real /v1/jobs") else {
+        return;
+    };
+    let p = MockProvider::start();
+    p.default_for(
+        "/slow",
+        Step::json(200, r#"{"id":"m-1","queued":true}"#).delay(1500),
+    );
+    p.default_for("/no", Step::json(403, r#"{"error":"not yours"}"#));
+    let e = InProc::start("", Some(TOKEN));
+    // A page of errand's own origin, so client.js's fetches are same-origin.
+    browser.goto(&e.url("/healthz"));
+    let job = |path: &str| {
+        json!({"account": "acme", "timeout_ms": 10000,
+               "request": {"method": "POST", "url": p.url(path), "json": {"to": "a@b.c"}}})
+    };
+    let auth = json!({"Authorization": format!("Bearer {TOKEN}")});
+
+    // Without the API token errand refuses the POST and the Promise rejects with the 401.
+    let denied = browser.exec_async(REAL_REQUEST, json!([job("/slow"), {}]));
+    assert_eq!(denied["status"], 401, "{denied}");
+    assert_eq!(denied["reason"], "unauthorized", "{denied}");
+    assert_eq!(p.count("/slow"), 0, "nothing was enqueued");
+
+    // (a) A slow job: 202 on the POST, 202 polls while it runs, then 200 with the job.
+    let ok = browser.exec_async(REAL_REQUEST, json!([job("/slow"), auth]));
+    let seen = fetches(&ok);
+    assert_eq!(ok["ok"]["state"], "succeeded", "{ok}");
+    assert_eq!(ok["ok"]["result"]["status"], 200, "{ok}");
+    assert_eq!(ok["ok"]["result"]["json"]["id"], "m-1", "{ok}");
+    assert_eq!(
+        seen.first(),
+        Some(&("POST".to_string(), 202)),
+        "the enqueue: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|s| *s == ("GET".to_string(), 202)),
+        "at least one poll answered 202 before the result: {seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&("GET".to_string(), 200)), "{seen:?}");
+    assert_eq!(p.count("/slow"), 1);
+    let sent = &p.requests("/slow")[0];
+    assert_eq!(
+        serde_json::from_slice::<Value>(&sent.body).unwrap(),
+        json!({"to": "a@b.c"})
+    );
+    let id: i64 = ok["ok"]["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(e.state(id), "succeeded");
+
+    // (b) The provider answers 403: the job is canceled and the Promise rejects with its
+    // error.
+    let refused = browser.exec_async(REAL_REQUEST, json!([job("/no"), auth]));
+    assert_eq!(refused["state"], "canceled", "{refused}");
+    assert_eq!(refused["category"], "forbidden", "{refused}");
+    assert!(
+        refused["err"].as_str().is_some_and(|m| !m.is_empty()),
+        "{refused}"
+    );
+    assert_eq!(
+        fetches(&refused).last(),
+        Some(&("GET".to_string(), 200)),
+        "the finished job came from a poll"
+    );
+    assert_eq!(p.count("/no"), 1, "a 403 is not retried");
 }
 
 #[test]
