@@ -855,6 +855,8 @@ fn secrets_never_appear_on_admin_pages_metrics_readyz_or_logs() {
         "/admin/accounts".to_string(),
         "/admin/notifications".to_string(),
         "/admin/triage".to_string(),
+        "/admin/operations".to_string(),
+        "/admin/channels".to_string(),
     ] {
         let a = call("GET", &serve.url(&path), &[("Cookie", &cookie)], "");
         assert_eq!(a.status, 200, "{path}");
