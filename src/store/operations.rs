@@ -105,39 +105,34 @@ pub fn create(conn: &Connection, account: &str, steps: &[Value], now: i64) -> Re
     Ok(Inserted { id, token })
 }
 
+/// The columns [`from_row`] reads, in its order.
+pub(crate) const COLUMNS: &str =
+    "id, token, account, steps, completed, results, error, created_at, updated_at";
+
+/// An operation from a row of [`COLUMNS`].
+pub(crate) fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Operation> {
+    Ok(Operation {
+        id: r.get(0)?,
+        token: r.get(1)?,
+        account: r.get(2)?,
+        steps: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
+        completed: r.get(4)?,
+        results: serde_json::from_str(&r.get::<_, String>(5)?).unwrap_or_default(),
+        error: r
+            .get::<_, Option<String>>(6)?
+            .and_then(|e| serde_json::from_str(&e).ok()),
+        created_at: r.get(7)?,
+        updated_at: r.get(8)?,
+    })
+}
+
 /// Reads an operation; `NotFound` if there is none.
 pub fn get(conn: &Connection, id: i64) -> Result<Operation> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT id, token, account, steps, completed, results, error, created_at, updated_at
-           FROM operations WHERE id = ?1",
-    )?;
-    let row = stmt
-        .query_row([id], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, String>(3)?,
-                r.get::<_, i64>(4)?,
-                r.get::<_, String>(5)?,
-                r.get::<_, Option<String>>(6)?,
-                r.get::<_, i64>(7)?,
-                r.get::<_, i64>(8)?,
-            ))
-        })
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {COLUMNS} FROM operations WHERE id = ?1"))?;
+    stmt.query_row([id], from_row)
         .optional()?
-        .ok_or_else(|| Error::NotFound(format!("operation {id}")))?;
-    Ok(Operation {
-        id: row.0,
-        token: row.1,
-        account: row.2,
-        steps: serde_json::from_str(&row.3).unwrap_or_default(),
-        completed: row.4,
-        results: serde_json::from_str(&row.5).unwrap_or_default(),
-        error: row.6.and_then(|e| serde_json::from_str(&e).ok()),
-        created_at: row.7,
-        updated_at: row.8,
-    })
+        .ok_or_else(|| Error::NotFound(format!("operation {id}")))
 }
 
 /// The newest job of each step that has one, by step index.

@@ -5,6 +5,8 @@
 use rusqlite::{named_params, Connection, OptionalExtension};
 
 use crate::error::Result;
+use crate::store::channels::Subscription;
+use crate::store::operations::{self, Operation};
 
 /// How many of the newest attempts "recent failures" looks through, so the query stays
 /// bounded when failures are rare.
@@ -191,6 +193,52 @@ pub fn delivery_job(conn: &Connection, id: i64) -> Result<Option<i64>> {
         .flatten())
 }
 
+/// Up to `limit` (at most 200) operations with an id below `before`, newest first: one
+/// page of the admin page's list (keyset paging on the primary key).
+pub fn recent_operations(
+    conn: &Connection,
+    before: Option<i64>,
+    limit: i64,
+) -> Result<Vec<Operation>> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {} FROM operations WHERE id < :before ORDER BY id DESC LIMIT :limit",
+        operations::COLUMNS
+    ))?;
+    let rows = stmt.query_map(
+        named_params! {":before": before.unwrap_or(i64::MAX), ":limit": limit.clamp(1, 200)},
+        operations::from_row,
+    )?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Up to `limit` (at most 500) subscriptions after `(channel, name)` in key order, without
+/// their secrets: one page of the admin page's list (keyset paging on the primary key).
+pub fn subscriptions_after(
+    conn: &Connection,
+    after: Option<(&str, &str)>,
+    limit: i64,
+) -> Result<Vec<Subscription>> {
+    let (channel, name) = after.unwrap_or(("", ""));
+    let mut stmt = conn.prepare_cached(
+        "SELECT channel, name, url, status, reason FROM subscriptions
+          WHERE (channel, name) > (:channel, :name)
+          ORDER BY channel, name LIMIT :limit",
+    )?;
+    let rows = stmt.query_map(
+        named_params! {":channel": channel, ":name": name, ":limit": limit.clamp(1, 500)},
+        |r| {
+            Ok(Subscription {
+                channel: r.get(0)?,
+                name: r.get(1)?,
+                url: r.get(2)?,
+                status: r.get(3)?,
+                reason: r.get(4)?,
+            })
+        },
+    )?;
+    Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,5 +285,40 @@ mod tests {
         assert!(!mark_delivered(&c, u[0].id, 8).unwrap());
         assert_eq!(delivery_job(&c, u[0].id).unwrap(), Some(7));
         assert!(undelivered(&c, 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn operations_and_subscriptions_page_by_key() {
+        let c = conn();
+        for i in 0..3 {
+            let steps = vec![serde_json::json!({"name": format!("s{i}"),
+                "request": {"url": "https://api.example.com/x"}})];
+            operations::create(&c, "acme", &steps, 1).unwrap();
+        }
+        let first: Vec<i64> = recent_operations(&c, None, 2)
+            .unwrap()
+            .iter()
+            .map(|o| o.id)
+            .collect();
+        assert_eq!(first, vec![3, 2]);
+        let rest = recent_operations(&c, Some(2), 2).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].steps[0]["name"], "s0");
+
+        let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        for (ch, name) in [("b", "x"), ("a", "z"), ("a", "y")] {
+            crate::store::channels::put_subscription(&c, ch, name, "https://h.example/", secret, 1)
+                .unwrap();
+        }
+        let keys = |v: Vec<Subscription>| -> Vec<(String, String)> {
+            v.into_iter().map(|s| (s.channel, s.name)).collect()
+        };
+        let page = keys(subscriptions_after(&c, None, 2).unwrap());
+        assert_eq!(
+            page,
+            vec![("a".into(), "y".into()), ("a".into(), "z".into())]
+        );
+        let next = keys(subscriptions_after(&c, Some(("a", "z")), 2).unwrap());
+        assert_eq!(next, vec![("b".to_string(), "x".to_string())]);
     }
 }

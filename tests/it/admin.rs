@@ -11,7 +11,7 @@ use std::time::Duration;
 use errand::clock::SystemClock;
 use errand::config::Config;
 use errand::server::Server;
-use errand::store::{accounts, notes, Store};
+use errand::store::{accounts, channels, notes, operations, Store};
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -244,7 +244,9 @@ fn browser_logs_in_sees_counts_and_a_finished_job_then_retries_a_held_job() {
 
 /// A stand-in for `/v1/jobs` that follows SPEC §4 (POST -> 202 with status_url; polls
 /// answer 202 with Retry-After until done, then 200 with the job), plus a page that
-/// loads errand's real `/client.js`. Used until `/v1` is merged into this branch.
+/// loads errand's real `/client.js` from errand's origin: an application serving its own
+/// page and forwarding `/v1` to errand. It counts polls exactly, which the real errand
+/// (whose 202s depend on timing) cannot; the test against the real `/v1/jobs` follows.
 struct FakeApi {
     server: Arc<tiny_http::Server>,
     port: u16,
@@ -364,7 +366,117 @@ fn browser_client_js_follows_202_polling_to_the_result_and_rejects_a_canceled_jo
     assert_eq!(refused["state"], "canceled", "{refused}");
     assert_eq!(refused["reason"], "forbidden");
     assert_eq!(refused["err"], "the provider refused the request (403)");
-    // TODO(after merging /v1): the same against errand's real POST /v1/jobs.
+}
+
+/// Loads errand's `/client.js` into the current page (of errand's own origin), records
+/// every response the script's `fetch` calls see, runs
+/// `errand.request("/v1/jobs", {method: "POST", body, headers, timeoutMs})` and reports
+/// the outcome with the recorded responses.
+const REAL_REQUEST: &str = r#"
+const [body, headers, done] = arguments;
+const seen = [];
+const loaded = window.errand ? Promise.resolve() : new Promise((resolve, reject) => {
+  const s = document.createElement("script");
+  s.src = "/client.js";
+  s.onload = resolve;
+  s.onerror = () => reject(new Error("could not load /client.js"));
+  (document.head || document.documentElement).appendChild(s);
+});
+window.__realFetch = window.__realFetch || window.fetch;
+window.fetch = (url, init) => window.__realFetch(url, init).then(r => {
+  seen.push({method: (init && init.method) || "GET", url: String(url), status: r.status});
+  return r;
+});
+loaded
+  .then(() => errand.request("/v1/jobs", {method: "POST", body: body, headers: headers, timeoutMs: 20000}))
+  .then(job => done({ok: job, seen: seen}),
+        err => done({err: err.message, state: err.state || null, category: err.category || null,
+                     reason: err.reason || null, status: err.status || null, seen: seen}));
+"#;
+
+/// The recorded responses' statuses and methods, for assertions and messages.
+fn fetches(v: &Value) -> Vec<(String, u64)> {
+    v["seen"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|s| {
+                    (
+                        s["method"].as_str().unwrap_or("").to_string(),
+                        s["status"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn browser_client_js_on_errands_origin_follows_real_v1_jobs_polling_and_rejects_a_forbidden_job() {
+    let Some(browser) = Browser::start("client.js against the real /v1/jobs") else {
+        return;
+    };
+    let p = MockProvider::start();
+    p.default_for(
+        "/slow",
+        Step::json(200, r#"{"id":"m-1","queued":true}"#).delay(1500),
+    );
+    p.default_for("/no", Step::json(403, r#"{"error":"not yours"}"#));
+    let e = InProc::start("", Some(TOKEN));
+    // A page of errand's own origin, so client.js's fetches are same-origin.
+    browser.goto(&e.url("/healthz"));
+    let job = |path: &str| {
+        json!({"account": "acme", "timeout_ms": 10000,
+               "request": {"method": "POST", "url": p.url(path), "json": {"to": "a@b.c"}}})
+    };
+    let auth = json!({"Authorization": format!("Bearer {TOKEN}")});
+
+    // Without the API token errand refuses the POST and the Promise rejects with the 401.
+    let denied = browser.exec_async(REAL_REQUEST, json!([job("/slow"), {}]));
+    assert_eq!(denied["status"], 401, "{denied}");
+    assert_eq!(denied["reason"], "unauthorized", "{denied}");
+    assert_eq!(p.count("/slow"), 0, "nothing was enqueued");
+
+    // (a) A slow job: 202 on the POST, 202 polls while it runs, then 200 with the job.
+    let ok = browser.exec_async(REAL_REQUEST, json!([job("/slow"), auth]));
+    let seen = fetches(&ok);
+    assert_eq!(ok["ok"]["state"], "succeeded", "{ok}");
+    assert_eq!(ok["ok"]["result"]["status"], 200, "{ok}");
+    assert_eq!(ok["ok"]["result"]["json"]["id"], "m-1", "{ok}");
+    assert_eq!(
+        seen.first(),
+        Some(&("POST".to_string(), 202)),
+        "the enqueue: {seen:?}"
+    );
+    assert!(
+        seen.iter().any(|s| *s == ("GET".to_string(), 202)),
+        "at least one poll answered 202 before the result: {seen:?}"
+    );
+    assert_eq!(seen.last(), Some(&("GET".to_string(), 200)), "{seen:?}");
+    assert_eq!(p.count("/slow"), 1);
+    let sent = &p.requests("/slow")[0];
+    assert_eq!(
+        serde_json::from_slice::<Value>(&sent.body).unwrap(),
+        json!({"to": "a@b.c"})
+    );
+    let id: i64 = ok["ok"]["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(e.state(id), "succeeded");
+
+    // (b) The provider answers 403: the job is canceled and the Promise rejects with its
+    // error.
+    let refused = browser.exec_async(REAL_REQUEST, json!([job("/no"), auth]));
+    assert_eq!(refused["state"], "canceled", "{refused}");
+    assert_eq!(refused["category"], "forbidden", "{refused}");
+    assert!(
+        refused["err"].as_str().is_some_and(|m| !m.is_empty()),
+        "{refused}"
+    );
+    assert_eq!(
+        fetches(&refused).last(),
+        Some(&("GET".to_string(), 200)),
+        "the finished job came from a poll"
+    );
+    assert_eq!(p.count("/no"), 1, "a 403 is not retried");
 }
 
 #[test]
@@ -381,6 +493,9 @@ fn without_login_admin_shows_no_job_data_and_refuses_posts() {
         "/admin/accounts",
         "/admin/notifications",
         "/admin/triage",
+        "/admin/operations",
+        "/admin/operations/1",
+        "/admin/channels",
     ] {
         let a = call("GET", &e.url(path), &[], "");
         assert_eq!(a.status, 200, "{path}");
@@ -740,6 +855,8 @@ fn secrets_never_appear_on_admin_pages_metrics_readyz_or_logs() {
         "/admin/accounts".to_string(),
         "/admin/notifications".to_string(),
         "/admin/triage".to_string(),
+        "/admin/operations".to_string(),
+        "/admin/channels".to_string(),
     ] {
         let a = call("GET", &serve.url(&path), &[("Cookie", &cookie)], "");
         assert_eq!(a.status, 200, "{path}");
@@ -770,4 +887,225 @@ fn secrets_never_appear_on_admin_pages_metrics_readyz_or_logs() {
             "the {what} leaked into a page, metrics or the log"
         );
     }
+}
+
+/// Creates an operation through the store, as `POST /v1/operations` would.
+fn create_operation(store: &Store, body: &Value) -> i64 {
+    let (account, steps) = errand::operation::validate(body).unwrap();
+    store
+        .write(|tx| operations::create(tx, &account, &steps, now_ms()))
+        .unwrap()
+        .id
+}
+
+fn operation_state(store: &Store, id: i64) -> Value {
+    let conn = store.read().unwrap();
+    let op = operations::get(&conn, id).unwrap();
+    operations::to_json(&conn, &op).unwrap()
+}
+
+#[test]
+fn operations_pages_list_an_operation_and_show_its_steps_with_names_escaped() {
+    let p = MockProvider::start();
+    p.default_for("/charges", Step::json(201, r#"{"id":"ch_1"}"#));
+    p.default_for("/tokens/ch_1", Step::status(418));
+    let e = InProc::start("", Some(TOKEN));
+    let account = "acme<script>alert(1)";
+    let id = create_operation(
+        &e.store,
+        &json!({"account": account, "steps": [
+            {"name": "charge", "request": {"method": "POST", "url": p.url("/charges")}},
+            {"name": "<b>tokenize</b> & \"quote\"",
+             "request": {"url": format!("{}/{{{{steps.charge.json.id}}}}", p.url("/tokens"))}},
+            {"name": "receipt", "request": {"url": p.url("/receipts")}}
+        ]}),
+    );
+    e.shared().wake();
+    wait_for(20, "the operation to be held at its second step", || {
+        operation_state(&e.store, id)["state"] == "held"
+    });
+    let v = operation_state(&e.store, id);
+    let held_job = v["steps"][1]["job_id"].as_str().unwrap().to_string();
+    let first_job = v["steps"][0]["job_id"].as_str().unwrap().to_string();
+
+    let cookie = login(&e.base, TOKEN);
+    let get = |path: &str| call("GET", &e.url(path), &[("Cookie", &cookie)], "");
+    let overview = get("/admin");
+    for href in ["href=\"/admin/operations\"", "href=\"/admin/channels\""] {
+        assert!(overview.body.contains(href), "the navigation links {href}");
+    }
+
+    let list = get("/admin/operations");
+    assert_eq!(list.status, 200);
+    let row = list
+        .body
+        .split(&format!("<tr class=\"op\" data-id=\"{id}\">"))
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .unwrap_or_else(|| panic!("a row for operation {id}: {}", list.body));
+    assert!(
+        row.contains(&format!("href=\"/admin/operations/{id}\"")),
+        "{row}"
+    );
+    assert!(row.contains("acme&lt;script&gt;alert(1)"), "{row}");
+    assert!(row.contains(">held<"), "{row}");
+    assert!(row.contains("1 / 3"), "{row}");
+    assert!(row.contains("<time"), "the creation time: {row}");
+    assert!(!list.body.contains("<script>"), "unescaped account");
+
+    let detail = get(&format!("/admin/operations/{id}"));
+    assert_eq!(detail.status, 200);
+    let b = &detail.body;
+    assert!(b.contains(">held<"), "the operation's state");
+    assert!(
+        !b.contains("<script>") && !b.contains("<b>tokenize"),
+        "unescaped markup"
+    );
+    assert!(
+        b.contains("&lt;b&gt;tokenize&lt;/b&gt; &amp; &quot;quote&quot;"),
+        "{b}"
+    );
+    let step = |i: usize| {
+        b.split(&format!("<tr class=\"step\" data-index=\"{i}\">"))
+            .nth(1)
+            .and_then(|r| r.split("</tr>").next())
+            .unwrap_or_else(|| panic!("step {i}: {b}"))
+            .to_string()
+    };
+    let (charge, tokenize, receipt) = (step(0), step(1), step(2));
+    assert!(
+        charge.contains("charge") && charge.contains(">succeeded<"),
+        "{charge}"
+    );
+    assert!(
+        charge.contains(&format!("href=\"/admin/jobs/{first_job}\"")),
+        "{charge}"
+    );
+    assert!(charge.contains("HTTP 201"), "{charge}");
+    assert!(
+        !charge.contains("ch_1"),
+        "a step's response body is not rendered: {charge}"
+    );
+    assert!(tokenize.contains(">draft<"), "{tokenize}");
+    assert!(
+        tokenize.contains(&format!("href=\"/admin/jobs/{held_job}\"")),
+        "{tokenize}"
+    );
+    assert!(tokenize.contains("HTTP 418"), "{tokenize}");
+    assert!(
+        receipt.contains(">pending<") && receipt.contains("not yet"),
+        "{receipt}"
+    );
+    assert_eq!(p.count("/receipts"), 0);
+    let job_page = get(&format!("/admin/jobs/{held_job}"));
+    assert!(
+        job_page.body.contains(&format!(
+            "<a href=\"/admin/operations/{id}\">{id}</a>, step 2"
+        )),
+        "a step's job links back to its operation"
+    );
+
+    assert_eq!(get("/admin/operations/999999").status, 404);
+    assert_eq!(get("/admin/operations/x").status, 404);
+}
+
+#[test]
+fn operations_list_pages_by_id_without_a_count() {
+    let e = InProc::start("", None);
+    // Paused: the steps stay approved and nothing is sent.
+    e.store
+        .write(|tx| accounts::set_global_pause(tx, true))
+        .unwrap();
+    let ids: Vec<i64> = (0..51)
+        .map(|i| {
+            create_operation(
+                &e.store,
+                &json!({"account": format!("a{i}"), "steps": [
+                    {"name": "only", "request": {"url": "https://api.example.com/x"}}]}),
+            )
+        })
+        .collect();
+    let first = call("GET", &e.url("/admin/operations"), &[], "");
+    let cookie = first
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(first.body.matches("<tr class=\"op\"").count(), 50);
+    assert!(first.body.contains(&format!("data-id=\"{}\"", ids[50])));
+    assert!(!first.body.contains(&format!("data-id=\"{}\"", ids[0])));
+    assert!(
+        first.body.contains(">running<"),
+        "an approved step: running"
+    );
+    let older = format!("/admin/operations?before={}", ids[1]);
+    assert!(
+        first.body.contains(&format!("href=\"{older}\"")),
+        "an Older link"
+    );
+    let second = call("GET", &e.url(&older), &[("Cookie", &cookie)], "");
+    assert_eq!(second.body.matches("<tr class=\"op\"").count(), 1);
+    assert!(second.body.contains(&format!("data-id=\"{}\"", ids[0])));
+    assert!(!second.body.contains("id=\"older\""));
+}
+
+#[test]
+fn channels_page_lists_subscriptions_with_status_escaped_and_never_the_secret() {
+    let e = InProc::start("", Some(TOKEN));
+    let channel = "orders<&>\"'";
+    let now = now_ms();
+    e.store
+        .write(|tx| {
+            channels::put_subscription(
+                tx,
+                channel,
+                "<img src=x onerror=alert(1)>",
+                "https://hooks.example.com/in?a=1&b='2'",
+                HOOK_SECRET,
+                now,
+            )?;
+            channels::put_subscription(
+                tx,
+                channel,
+                "gone",
+                "https://old.example.com/hook",
+                HOOK_SECRET,
+                now,
+            )?;
+            channels::disable(
+                tx,
+                &format!("subscription:{channel}/gone"),
+                "the subscriber answered 410 Gone",
+                now,
+            )
+        })
+        .unwrap();
+    let cookie = login(&e.base, TOKEN);
+    let a = call("GET", &e.url("/admin/channels"), &[("Cookie", &cookie)], "");
+    assert_eq!(a.status, 200);
+    let b = &a.body;
+    assert_eq!(b.matches("<tr class=\"subscription\">").count(), 2, "{b}");
+    assert!(b.contains("orders&lt;&amp;&gt;&quot;&#39;"), "{b}");
+    assert!(b.contains("&lt;img src=x onerror=alert(1)&gt;"), "{b}");
+    assert!(!b.contains("<img"), "unescaped markup");
+    assert!(
+        b.contains("https://hooks.example.com/in?a=1&amp;b=&#39;2&#39;"),
+        "{b}"
+    );
+    let gone = b
+        .split("<tr class=\"subscription\">")
+        .find(|r| r.contains(">gone<"))
+        .and_then(|r| r.split("</tr>").next())
+        .unwrap_or_else(|| panic!("a row for the disabled subscription: {b}"));
+    assert!(gone.contains(">disabled<"), "{gone}");
+    assert!(gone.contains("the subscriber answered 410 Gone"), "{gone}");
+    assert!(b.contains(">active<"));
+    assert!(
+        b.contains("href=\"/admin/jobs?account=orders%3C%26%3E%22%27&amp;provider=webhook\""),
+        "the channel links to its delivery jobs: {b}"
+    );
+    assert!(!b.contains(&HOOK_SECRET[6..]), "the secret on the page");
+    assert!(!b.contains("whsec_"), "the secret on the page");
 }

@@ -150,6 +150,8 @@ pub fn page(
         for (href, label) in [
             ("/admin", "Overview"),
             ("/admin/jobs", "Jobs"),
+            ("/admin/operations", "Operations"),
+            ("/admin/channels", "Channels"),
             ("/admin/accounts", "Accounts"),
             ("/admin/notifications", "Notifications"),
             ("/admin/triage", "Triage"),

@@ -183,6 +183,15 @@ pub(super) fn detail(api: &Api, id: i64, s: &Session, notice: Option<&str>) -> R
         ),
     );
     field("provider", esc(&job.provider));
+    if let Some(op) = job.operation_id {
+        field(
+            "operation",
+            format!(
+                "<a href=\"/admin/operations/{op}\">{op}</a>, step {}",
+                job.step_index.map_or(0, |i| i + 1)
+            ),
+        );
+    }
     field(
         "attempts",
         format!(

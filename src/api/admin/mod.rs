@@ -5,8 +5,10 @@
 //! token, and a request without a session sees no data and can change nothing.
 
 mod actions;
+mod channels;
 pub mod html;
 mod jobs;
+mod operations;
 mod pages;
 pub mod session;
 

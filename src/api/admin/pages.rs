@@ -1,12 +1,12 @@
 //! The admin page's GET views: overview, accounts and credentials, notifications, triage.
-//! Jobs have their own file.
+//! Jobs, operations and channels have their own files.
 
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use super::html::{badge, clip, esc, page, post_button, url_enc, when};
-use super::jobs;
 use super::session::Session;
+use super::{channels, jobs, operations};
 use crate::api::{Api, Reply, Req};
 use crate::engine::limits::Circuit;
 use crate::error::{Error, Result};
@@ -25,10 +25,18 @@ pub(super) fn get(api: &Api, req: &Req, s: &Session) -> Reply {
         "/admin/accounts" => accounts_page(api, s, notice),
         "/admin/notifications" => notifications(api, req, s, notice),
         "/admin/triage" => triage(api, s, notice),
-        p => match p.strip_prefix("/admin/jobs/").map(str::parse::<i64>) {
-            Some(Ok(id)) => jobs::detail(api, id, s, notice),
-            _ => Err(Error::NotFound(format!("page {p}"))),
-        },
+        "/admin/operations" => operations::list(api, req, s, notice),
+        "/admin/channels" => channels::list(api, req, s, notice),
+        p => {
+            let id = |prefix: &str| p.strip_prefix(prefix).and_then(|i| i.parse::<i64>().ok());
+            if let Some(id) = id("/admin/jobs/") {
+                jobs::detail(api, id, s, notice)
+            } else if let Some(id) = id("/admin/operations/") {
+                operations::detail(api, id, s, notice)
+            } else {
+                Err(Error::NotFound(format!("page {p}")))
+            }
+        }
     };
     result.unwrap_or_else(|e| error_page(s, &e))
 }

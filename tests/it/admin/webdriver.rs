@@ -28,19 +28,50 @@ fn first_existing(paths: &[&str]) -> Option<String> {
         .map(|p| p.to_string())
 }
 
+/// What a browser test does before it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Chromium and chromedriver are installed: run.
+    Run,
+    /// One is missing on a developer's machine: skip, loudly.
+    Skip,
+    /// One is missing under CI: fail, so a broken CI image cannot pass by skipping.
+    Fail,
+}
+
+/// True when the `CI` variable says this is a CI run: set to anything but empty, `0`
+/// or `false` (CI services set `CI=true`; `CI=false` opts a machine out).
+pub fn is_ci(ci: Option<&std::ffi::OsStr>) -> bool {
+    ci.and_then(|v| v.to_str())
+        .map(|v| v.trim().to_ascii_lowercase())
+        .is_some_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// Decides whether a browser test runs, skips or fails: pure, so the rule that CI never
+/// skips is tested without uninstalling the browser.
+pub fn plan(ci: Option<&std::ffi::OsStr>, browser_present: bool) -> Plan {
+    match (browser_present, is_ci(ci)) {
+        (true, _) => Plan::Run,
+        (false, true) => Plan::Fail,
+        (false, false) => Plan::Skip,
+    }
+}
+
 impl Browser {
     /// Starts chromedriver and a browser session. When Chromium or chromedriver is
-    /// missing: panics if `CI` is set (the test must fail there), else returns None after
-    /// saying loudly that the browser test is skipped.
+    /// missing: panics under CI (see [`plan`]: the test must fail there), else returns
+    /// None after saying loudly that the browser test is skipped.
     pub fn start(test: &str) -> Option<Browser> {
         let driver_bin = first_existing(&["/usr/bin/chromedriver"]);
         let chrome_bin = first_existing(&["/usr/lib/chromium/chromium", "/usr/bin/chromium"]);
-        let (Some(driver_bin), Some(chrome_bin)) = (driver_bin, chrome_bin) else {
-            if std::env::var_os("CI").is_some() {
-                panic!("{test}: /usr/bin/chromium or /usr/bin/chromedriver is missing and CI is set; .ci/run installs them (apt-get install chromium chromium-driver)");
+        let present = driver_bin.is_some() && chrome_bin.is_some();
+        let (driver_bin, chrome_bin) = match (plan(std::env::var_os("CI").as_deref(), present), driver_bin, chrome_bin) {
+            (Plan::Run, Some(d), Some(c)) => (d, c),
+            (Plan::Fail, ..) => panic!("{test}: /usr/bin/chromium or /usr/bin/chromedriver is missing and CI is set; .ci/run installs them (apt-get install chromium chromium-driver)"),
+            _ => {
+                eprintln!("\n!!!!! SKIPPING BROWSER TEST {test}: chromium/chromedriver not installed (apt-get install chromium chromium-driver); set CI=1 to make this a failure !!!!!\n");
+                return None;
             }
-            eprintln!("\n!!!!! SKIPPING BROWSER TEST {test}: chromium/chromedriver not installed (apt-get install chromium chromium-driver); set CI=1 to make this a failure !!!!!\n");
-            return None;
         };
         let port = free_port();
         let driver = Command::new(driver_bin)
@@ -212,5 +243,22 @@ impl Drop for Browser {
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+    }
+}
+
+#[test]
+fn a_missing_browser_fails_under_ci_and_skips_elsewhere() {
+    use std::ffi::OsStr;
+    let ci = |v: &'static str| Some(OsStr::new(v));
+    assert_eq!(plan(ci("true"), false), Plan::Fail);
+    assert_eq!(plan(ci("1"), false), Plan::Fail);
+    assert_eq!(plan(ci("TRUE"), false), Plan::Fail);
+    assert_eq!(plan(ci("woodpecker"), false), Plan::Fail);
+    assert_eq!(plan(None, false), Plan::Skip);
+    assert_eq!(plan(ci(""), false), Plan::Skip);
+    assert_eq!(plan(ci("0"), false), Plan::Skip);
+    assert_eq!(plan(ci("false"), false), Plan::Skip);
+    for v in [None, ci("true"), ci("false")] {
+        assert_eq!(plan(v, true), Plan::Run, "{v:?}");
     }
 }
