@@ -144,7 +144,7 @@ pub fn check_store(store: &Store, alerts: &Alerts, now: i64) -> Result<Vec<Strin
     if alerts == &Alerts::default() {
         return Ok(Vec::new());
     }
-    store.write(|tx| {
+    store.write_quiet(|tx| {
         let mut active = Vec::new();
         for r in readings(tx, alerts, now)? {
             let prev = stats::alert_state(tx, r.name)?;

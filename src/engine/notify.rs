@@ -35,7 +35,7 @@ pub fn deliver_once(shared: &Shared, now: i64) -> Result<usize> {
     let Some(url) = shared.config.notify_url.clone() else {
         return Ok(0);
     };
-    let handed = shared.store.write(|tx| {
+    let handed = shared.store.write_quiet(|tx| {
         let mut handed = 0;
         for n in stats::undelivered(tx, BATCH)? {
             if n.provider.as_deref() == Some(NOTIFY_PROVIDER) {

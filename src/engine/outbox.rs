@@ -65,7 +65,7 @@ fn job(config: &Config, conn: &rusqlite::Connection, payload: &str, now: i64) ->
 pub fn drain_once(shared: &Shared, now: i64) -> Result<usize> {
     let mut total = 0;
     loop {
-        let (taken, done) = shared.store.write(|tx| {
+        let (taken, done) = shared.store.write_quiet(|tx| {
             let rows = outbox::take(tx, BATCH)?;
             let mut done = 0;
             for row in &rows {

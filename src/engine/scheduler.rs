@@ -52,6 +52,10 @@ fn run(shared: &Shared, generation: usize) {
         let dv = shared.store.data_version().unwrap_or(data_version);
         let changed = dv != data_version;
         data_version = dv;
+        if changed {
+            // Another process committed: it may have paused, suspended or re-keyed.
+            shared.store.bump();
+        }
         let due = matches!(event, Event::Wake)
             || changed
             || now - last_pass >= tick
@@ -103,7 +107,7 @@ pub fn run_once(shared: &Shared, now: i64) -> Result<Option<i64>> {
     }
     let blocked = shared.limits.blocked_providers(now);
     let lease_until = now + shared.config.lease_ms;
-    let (claimed, next) = shared.store.write(|tx| {
+    let (claimed, next) = shared.store.write_quiet(|tx| {
         let candidates = engine::due_candidates(tx, now, capacity * 2 + 16)?;
         let mut ids = Vec::with_capacity(capacity);
         let mut admitted = Vec::new();

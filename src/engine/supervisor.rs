@@ -48,7 +48,7 @@ fn run(shared: &Arc<Shared>, threads: &Mutex<Threads>, stop: &AtomicBool) {
                 let until = now + shared.config.lease_ms;
                 if let Err(e) = shared
                     .store
-                    .write(|tx| engine::extend_leases(tx, &shared.owner, until))
+                    .write_quiet(|tx| engine::extend_leases(tx, &shared.owner, until))
                 {
                     log::error!("extending leases: {e}");
                 }
@@ -164,7 +164,7 @@ pub fn reap_once(shared: &Shared, now: i64) -> Result<usize> {
         retry_after_ms: None,
     };
     let mut taken = 0;
-    shared.store.write(|tx| {
+    shared.store.write_quiet(|tx| {
         for job in &lost {
             let provider = shared.config.provider(&job.provider);
             let d = decide(
@@ -217,5 +217,5 @@ pub fn prune_once(shared: &Shared, now: i64) -> Result<(usize, usize)> {
     let jobs_before = shared.config.retention_jobs_days.map(|d| now - d * day);
     shared
         .store
-        .write(|tx| engine::prune(tx, attempts_before, jobs_before, now - day))
+        .write_quiet(|tx| engine::prune(tx, attempts_before, jobs_before, now - day))
 }

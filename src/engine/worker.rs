@@ -1,6 +1,7 @@
 //! A worker: preflight (no network I/O before it passes) -> execute -> classify ->
 //! decide -> hand the outcome to the writer. Only workers do network I/O.
 
+use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub(super) fn spawn(shared: Arc<Shared>, index: usize) -> JoinHandle<()> {
 }
 
 fn run(shared: &Shared) {
+    let mut standing = Standing::default();
     loop {
         if shared.faults.panic_worker.swap(false, Ordering::SeqCst) {
             panic!("injected fault: worker panic");
@@ -54,13 +56,12 @@ fn run(shared: &Shared) {
             release(&job, "errand is shutting down")
         } else {
             // A bug in one job must not take the worker (and the job's lease) with it.
-            std::panic::catch_unwind(AssertUnwindSafe(|| execute(shared, &job))).unwrap_or_else(
-                |_| {
+            std::panic::catch_unwind(AssertUnwindSafe(|| execute(shared, &mut standing, &job)))
+                .unwrap_or_else(|_| {
                     log::error!("job {id}: worker panicked; holding the job for review");
                     shared.limits.unadmit(&provider);
                     internal_error(&job)
-                },
-            )
+                })
         };
         shared.writer.finished(finished);
         let left = shared.outstanding.fetch_sub(1, Ordering::SeqCst) - 1;
@@ -138,6 +139,51 @@ fn internal_error(job: &Job) -> Finished {
     f
 }
 
+/// What preflight reads, cached by each worker until the store's generation moves
+/// (after any write that may change it, or a commit by another process). Under load this
+/// turns three reads per job into none.
+#[derive(Default)]
+struct Standing {
+    generation: u64,
+    global_paused: Option<bool>,
+    accounts: HashMap<String, accounts::Account>,
+    credentials: HashMap<(String, String), Option<Credential>>,
+    secrets: HashMap<String, Option<String>>,
+}
+
+/// Entries a worker keeps before it starts over.
+const STANDING_MAX: usize = 4096;
+
+impl Standing {
+    fn refresh(&mut self, generation: u64) {
+        let size = self.accounts.len() + self.credentials.len() + self.secrets.len();
+        if generation != self.generation || size > STANDING_MAX {
+            *self = Standing {
+                generation,
+                ..Standing::default()
+            };
+        }
+    }
+}
+
+/// A pooled read connection, taken only when the cache misses.
+struct LazyConn<'a> {
+    shared: &'a Shared,
+    conn: Option<r2d2::PooledConnection<r2d2_sqlite::SqliteConnectionManager>>,
+}
+
+impl LazyConn<'_> {
+    fn get(&mut self) -> Result<&rusqlite::Connection> {
+        if self.conn.is_none() {
+            self.conn = Some(self.shared.store.read()?);
+        }
+        match &self.conn {
+            Some(c) => Ok(c),
+            None => Err(crate::error::Error::ShuttingDown),
+        }
+    }
+}
+
 /// What preflight hands to the call: the credential and the webhook signing key.
 struct Cleared {
     credential: Option<Credential>,
@@ -145,15 +191,47 @@ struct Cleared {
 }
 
 /// The preflight checks of SPEC §3.4: Ok(cleared) to go ahead, Err(outcome) not to.
+fn cached_secret(
+    standing: &mut Standing,
+    conn: &mut LazyConn<'_>,
+    key: &str,
+) -> Result<Option<String>> {
+    if let Some(s) = standing.secrets.get(key) {
+        return Ok(s.clone());
+    }
+    let s = crate::store::channels::signing_secret(conn.get()?, key)?;
+    standing.secrets.insert(key.to_string(), s.clone());
+    Ok(s)
+}
+
 fn preflight(
     shared: &Shared,
+    standing: &mut Standing,
     job: &Job,
     provider: &Provider,
     now: i64,
 ) -> Result<Result<Cleared, Finished>> {
-    let conn = shared.store.read()?;
-    let account = accounts::get(&conn, &job.account)?;
-    if accounts::global_paused(&conn)? || account.paused {
+    // The generation is read before the data, so a write that lands in between moves
+    // it and the next job reads again.
+    standing.refresh(shared.store.generation());
+    let mut conn = LazyConn { shared, conn: None };
+    let global_paused = match standing.global_paused {
+        Some(p) => p,
+        None => {
+            let p = accounts::global_paused(conn.get()?)?;
+            standing.global_paused = Some(p);
+            p
+        }
+    };
+    let account = match standing.accounts.get(&job.account) {
+        Some(a) => a.clone(),
+        None => {
+            let a = accounts::get(conn.get()?, &job.account)?;
+            standing.accounts.insert(job.account.clone(), a.clone());
+            a
+        }
+    };
+    if global_paused || account.paused {
         return Ok(Err(release(job, "paused")));
     }
     if account.status == "suspended" {
@@ -182,7 +260,7 @@ fn preflight(
         Some(key) if key == super::notify::NOTIFY_SIGNING_KEY => {
             shared.config.notify_secret.clone()
         }
-        Some(key) => match crate::store::channels::signing_secret(&conn, key)?
+        Some(key) => match cached_secret(standing, &mut conn, key)?
             .and_then(|s| crate::webhook::Secret::parse(&s).ok())
         {
             Some(k) => Some(k),
@@ -195,7 +273,15 @@ fn preflight(
             }
         },
     };
-    let credential = accounts::credential(&conn, &job.account, &job.provider)?;
+    let ckey = (job.account.clone(), job.provider.clone());
+    let credential = match standing.credentials.get(&ckey) {
+        Some(c) => c.clone(),
+        None => {
+            let c = accounts::credential(conn.get()?, &job.account, &job.provider)?;
+            standing.credentials.insert(ckey, c.clone());
+            c
+        }
+    };
     match &credential {
         Some(c) if !c.valid => Ok(Err(refuse(
             job,
@@ -222,13 +308,13 @@ fn describe(reply: &Reply) -> String {
 }
 
 /// Runs one claimed job to an outcome.
-fn execute(shared: &Shared, job: &Job) -> Finished {
+fn execute(shared: &Shared, standing: &mut Standing, job: &Job) -> Finished {
     let now = shared.now();
     let provider = shared.config.provider(&job.provider);
     let Cleared {
         credential,
         signing_key,
-    } = match preflight(shared, job, &provider, now) {
+    } = match preflight(shared, standing, job, &provider, now) {
         Ok(Ok(c)) => c,
         Ok(Err(f)) => {
             shared.limits.unadmit(&job.provider);

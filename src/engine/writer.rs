@@ -177,6 +177,15 @@ fn commit(shared: &Shared, batch: Vec<WriteOp>) -> std::result::Result<(), Vec<F
     drop(conn);
     match result {
         Ok(()) => {
+            // Writes from the API (pauses, credentials, ...) and condemned credentials or
+            // subscriptions change what preflight reads: workers drop their caches.
+            if !replies.is_empty()
+                || finished.iter().any(|(f, _)| {
+                    f.invalidate_credential.is_some() || f.disable_subscription.is_some()
+                })
+            {
+                shared.store.bump();
+            }
             for (f, applied) in &finished {
                 if let Some(rec) = &f.record {
                     shared

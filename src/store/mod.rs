@@ -58,6 +58,9 @@ pub struct Store {
     path: PathBuf,
     pool: r2d2::Pool<SqliteConnectionManager>,
     writer: Mutex<Connection>,
+    /// Moves after any write that may change what preflight reads (pauses, accounts,
+    /// credentials, subscriptions): workers cache those reads until it moves.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Store {
@@ -151,6 +154,7 @@ impl Store {
             path,
             pool,
             writer: Mutex::new(conn),
+            generation: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -171,12 +175,38 @@ impl Store {
     }
 
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction, committed only if `f` returns Ok.
+    /// Any such write may change what preflight reads, so it moves [`Store::generation`]
+    /// after the commit.
     pub fn write<T>(&self, f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>) -> Result<T> {
+        let out = self.write_quiet(f)?;
+        self.bump();
+        Ok(out)
+    }
+
+    /// [`Store::write`] for the engine's own bookkeeping (claims, leases, reaping, the
+    /// outbox drain), which never changes pauses, accounts, credentials or
+    /// subscriptions: it leaves the generation alone.
+    pub fn write_quiet<T>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
         let mut conn = self.writer();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
         tx.commit()?;
         Ok(out)
+    }
+
+    /// The current generation of the data preflight reads.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Moves the generation: call after committing a write that may change what
+    /// preflight reads (or on seeing another process commit).
+    pub fn bump(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// `PRAGMA data_version` of the write connection: changes when another connection

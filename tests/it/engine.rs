@@ -559,3 +559,61 @@ fn a_finished_job_posts_itself_to_its_callback_url() {
     assert_eq!(body["result"]["status"], 200);
     engine.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn a_credential_replaced_by_another_process_is_used_by_the_next_job() {
+    // Workers cache what preflight reads; a commit by another process must drop it.
+    let p = MockProvider::start();
+    let env = TestEnv::new();
+    env.store
+        .write(|tx| {
+            accounts::put_credential(
+                tx,
+                "acme",
+                "mail",
+                "first-secret",
+                "Authorization",
+                "Bearer {secret}",
+                1,
+            )
+        })
+        .unwrap();
+    let engine = env.engine();
+    let mut job = fast_job("acme", &p.url("/cred"));
+    job.provider = "mail".into();
+    for _ in 0..3 {
+        let id = env.insert(&job);
+        engine.shared().wake();
+        wait_for(10, "sent with the first secret", || {
+            env.state(id) == "succeeded"
+        });
+    }
+    let db = env.db_path();
+    let (code, _, err) = run_cli(
+        env.dir.path(),
+        &[
+            "--db",
+            db.to_str().unwrap(),
+            "credentials",
+            "set",
+            "acme",
+            "mail",
+        ],
+        Some("second-secret"),
+    );
+    assert_eq!(code, 0, "{err}");
+    // The CLI's commit is seen through PRAGMA data_version within a scheduler poll.
+    let before = engine.shared().store.generation();
+    wait_for(5, "the engine to see the other process's commit", || {
+        engine.shared().store.generation() > before
+    });
+    let id = env.insert(&job);
+    engine.shared().wake();
+    wait_for(10, "sent", || env.state(id) == "succeeded");
+    let seen = p.requests("/cred");
+    assert_eq!(
+        seen.last().unwrap().header("authorization"),
+        Some("Bearer second-secret")
+    );
+    engine.shutdown(Duration::from_secs(5));
+}

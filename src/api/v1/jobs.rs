@@ -126,7 +126,21 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
     };
     let now = api.shared.now();
     let Some(key) = key else {
+        let state = job.state;
         let r = write(api, move |c| jobs::insert(c, &job, now));
+        if prefer_wait(req).is_none() {
+            // The common case answers from what was written, without reading it back.
+            return answer(r, |ins| {
+                api.shared.wake();
+                let status_url = format!("/v1/jobs/{}?token={}", ins.id, ins.token);
+                Reply::json(
+                    202,
+                    &json!({"id": ins.id.to_string(), "token": ins.token,
+                            "state": state.as_str(), "status_url": status_url}),
+                )
+                .header("Location", &format!("/v1/jobs/{}", ins.id))
+            });
+        }
         return match r.and_then(|ins| read(api, ins.id)) {
             Ok(job) => {
                 api.shared.wake();
