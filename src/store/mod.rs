@@ -31,6 +31,9 @@ use crate::error::{Error, Result};
 
 pub use migrate::SCHEMA_VERSION;
 
+/// Read connections in the pool (workers cache their preflight reads, so few are busy).
+pub const READ_CONNECTIONS: u32 = 8;
+
 /// How long a connection waits for another process's write lock before failing.
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -138,11 +141,16 @@ impl Store {
             Error::Sqlite(e) => open_error(&path, e),
             other => other,
         })?;
+        // Read connections serve point lookups and short pages: a small page cache each
+        // (1 MiB, against SQLite's default 2 MiB) keeps memory flat with many of them.
         let manager = SqliteConnectionManager::file(&path)
             .with_flags(flags)
-            .with_init(move |c| setup(c, sync));
+            .with_init(move |c| {
+                setup(c, sync)?;
+                c.execute_batch("PRAGMA cache_size = -1024")
+            });
         let pool = r2d2::Pool::builder()
-            .max_size(16)
+            .max_size(READ_CONNECTIONS)
             .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(30))
             .build(manager)
