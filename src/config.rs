@@ -27,6 +27,7 @@ struct RawConfig {
     lease_ms: Option<i64>,
     shutdown_grace_ms: Option<u64>,
     max_request_bytes: Option<u64>,
+    max_parked_waits: Option<usize>,
     response_body_cap: Option<usize>,
     notify_url: Option<String>,
     notify_secret: Option<String>,
@@ -219,6 +220,8 @@ pub struct Config {
     pub lease_ms: i64,
     pub shutdown_grace_ms: u64,
     pub max_request_bytes: u64,
+    /// Requests parked on `Prefer: wait` at once; beyond it, 503 with `Retry-After`.
+    pub max_parked_waits: usize,
     pub response_body_cap: usize,
     pub notify_url: Option<String>,
     /// Signs `notify_url` deliveries the Standard Webhooks way (`whsec_<base64>`).
@@ -244,6 +247,7 @@ impl Default for Config {
             lease_ms: 60_000,
             shutdown_grace_ms: 30_000,
             max_request_bytes: 5 * 1024 * 1024,
+            max_parked_waits: crate::api::park::MAX_PARKED,
             response_body_cap: 1024 * 1024,
             notify_url: None,
             notify_secret: None,
@@ -421,6 +425,13 @@ impl Config {
             lease_ms,
             shutdown_grace_ms: raw.shutdown_grace_ms.unwrap_or(d.shutdown_grace_ms),
             max_request_bytes: raw.max_request_bytes.unwrap_or(d.max_request_bytes),
+            max_parked_waits: match raw.max_parked_waits {
+                Some(n) if !(1..=100_000).contains(&n) => {
+                    return Err(bad("max_parked_waits", "must be from 1 to 100000"))
+                }
+                Some(n) => n,
+                None => d.max_parked_waits,
+            },
             response_body_cap: raw.response_body_cap.unwrap_or(d.response_body_cap),
             notify_url: raw.notify_url,
             notify_secret,

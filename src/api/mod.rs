@@ -66,11 +66,12 @@ pub struct Api {
 impl Api {
     /// The API over a running engine.
     pub fn new(shared: Arc<Shared>) -> Api {
+        let max_parked = shared.config.max_parked_waits;
         Api {
             shared,
             shutting_down: AtomicBool::new(false),
             admin_sessions: admin::Sessions::default(),
-            parking: park::Parking::new(park::MAX_PARKED),
+            parking: park::Parking::new(max_parked),
             inflight_keys: Mutex::new(HashSet::new()),
         }
     }

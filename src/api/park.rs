@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::store::jobs;
 
 /// The most requests parked at once; beyond it a wait answers 503 with `Retry-After`.
-pub const MAX_PARKED: usize = 1024;
+pub const MAX_PARKED: usize = 1024; // the default of `max_parked_waits`
 
 /// The longest `Prefer: wait` honoured, in seconds (SPEC §4).
 pub const MAX_WAIT_S: u64 = 60;
@@ -81,6 +81,18 @@ impl Parking {
     /// passes. Answers at once when the job is already done, and with 503 beyond the cap.
     pub(super) fn park(&self, api: &Api, raw: tiny_http::Request, wait: Wait) {
         if self.count.fetch_add(1, Ordering::SeqCst) >= self.max {
+            // An enqueue has already committed its job: it answers at once (202 with the
+            // id and token) rather than with an error a client would retry into a
+            // duplicate. A poll changed nothing, so it can be told to come back.
+            let created = matches!(
+                wait.kind,
+                WaitKind::Created | WaitKind::Operation { created: true, .. }
+            );
+            if created {
+                let woken = subscribe(api, wait.job_id);
+                self.answer(api, Parked { raw, wait, woken });
+                return;
+            }
             self.count.fetch_sub(1, Ordering::SeqCst);
             let reply = Reply::error(
                 503,

@@ -866,3 +866,42 @@ fn every_route_in_openapi_json_is_served_over_http() {
         }
     }
 }
+
+#[test]
+fn beyond_the_parked_wait_cap_a_poll_answers_503_and_an_enqueue_answers_202_at_once() {
+    let p = MockProvider::start();
+    p.default_for("/slow", Step::status(200).delay(3_000));
+    let api = Api::with_config("max_parked_waits = 2\n");
+    let body = json_body(&p.url("/slow"));
+    let waits: Vec<_> = (0..2)
+        .map(|_| {
+            let url = api.url("/v1/jobs");
+            let b = body.to_string();
+            std::thread::spawn(move || http("POST", &url, &[("Prefer", "wait=20")], Some(&b)))
+        })
+        .collect();
+    wait_for(10, "two waits parked", || {
+        api.server().api.parking.parked() == 2
+    });
+    // A poll beyond the cap is told to come back...
+    let created = api.post("/v1/jobs", &body).json();
+    let status_url = created["status_url"].as_str().unwrap().to_string();
+    let poll = http("GET", &api.url(&status_url), &[("Prefer", "wait=20")], None);
+    assert_eq!(poll.status, 503, "{}", poll.body);
+    assert_eq!(poll.header("retry-after"), Some("1"));
+    assert_eq!(poll.json()["error"]["code"], "too_many_waits");
+    // ...while an enqueue, whose job is already written, answers 202 at once instead of
+    // an error a client would retry into a duplicate.
+    let jobs_before = api.jobs();
+    let third = api.post_with("/v1/jobs", &[("Prefer", "wait=20")], &body);
+    assert_eq!(third.status, 202, "{}", third.body);
+    assert!(third.json()["token"].is_string());
+    assert_eq!(api.jobs(), jobs_before + 1);
+    for w in waits {
+        assert_eq!(w.join().unwrap().status, 200);
+    }
+}
+
+fn json_body(url: &str) -> Value {
+    json!({"account": "acme", "request": {"url": url}})
+}
