@@ -617,3 +617,22 @@ fn a_credential_replaced_by_another_process_is_used_by_the_next_job() {
     );
     engine.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn a_response_with_20_kib_of_headers_is_read_whole() {
+    // The agent's input buffer bounds response headers at 32 KiB to keep memory flat.
+    let p = MockProvider::start();
+    let big = "a".repeat(20 * 1024);
+    p.default_for("/big", Step::json(200, r#"{"ok":1}"#).header("X-Big", &big));
+    let env = TestEnv::new();
+    let engine = env.engine();
+    let id = env.insert(&fast_job("acme", &p.url("/big")));
+    engine.shared().wake();
+    wait_for(10, "succeeded", || env.state(id) == "succeeded");
+    let result = env.job(id).result.unwrap();
+    assert!(result
+        .headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("x-big") && v.len() == big.len()));
+    engine.shutdown(Duration::from_secs(5));
+}
