@@ -137,7 +137,7 @@ CREATE TABLE IF NOT EXISTS settings (
 CREATE TABLE IF NOT EXISTS notifications (
     id         INTEGER PRIMARY KEY,
     kind       TEXT    NOT NULL CHECK (kind IN ('reauthorize', 'forbidden', 'exhausted', 'held',
-                   'alert', 'provider_down', 'provider_recovered', 'subscription_disabled')),
+                   'alert', 'provider_down', 'provider_recovered', 'subscription_disabled', 'triage')),
     account    TEXT,
     provider   TEXT,
     job_id     INTEGER,

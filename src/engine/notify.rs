@@ -32,12 +32,26 @@ const BATCH: i64 = 200;
 /// `notify_url` is set) and re-signs deliveries about to run. Returns how many
 /// notifications were handed over.
 pub fn deliver_once(shared: &Shared, now: i64) -> Result<usize> {
-    let Some(url) = shared.config.notify_url.clone() else {
+    let notify_url = shared.config.notify_url.clone();
+    let triage_url = shared.config.triage_url.clone();
+    if notify_url.is_none() && triage_url.is_none() {
         return Ok(0);
-    };
+    }
     let handed = shared.store.write_quiet(|tx| {
         let mut handed = 0;
         for n in stats::undelivered(tx, BATCH)? {
+            // New triage entries go to `triage_url` when it is set; everything else to
+            // `notify_url`. One with nowhere to go is marked 0 (not delivered) so it
+            // cannot hold up the ones behind it.
+            let url = if n.kind == "triage" {
+                triage_url.clone().or_else(|| notify_url.clone())
+            } else {
+                notify_url.clone()
+            };
+            let Some(url) = url else {
+                stats::mark_delivered(tx, n.id, 0)?;
+                continue;
+            };
             if n.provider.as_deref() == Some(NOTIFY_PROVIDER) {
                 stats::mark_delivered(tx, n.id, 0)?;
                 continue;

@@ -66,9 +66,30 @@ pub fn triage(
         "INSERT INTO triage (provider, signature, count, sample_job, sample, first_seen, last_seen)
          VALUES (:p, :sig, 1, :job, :sample, :now, :now)
          ON CONFLICT (provider, signature) DO UPDATE SET count = count + 1, last_seen = :now,
-             sample_job = :job, sample = :sample",
+             sample_job = :job, sample = :sample
+         RETURNING count",
     )?;
-    stmt.execute(named_params! {":p": provider, ":sig": signature, ":job": job_id, ":sample": sample, ":now": now})?;
+    let count: i64 = stmt.query_row(
+        named_params! {":p": provider, ":sig": signature, ":job": job_id, ":sample": sample, ":now": now},
+        |r| r.get(0),
+    )?;
+    if count == 1 {
+        // A new kind of error: one `triage` notification per signature, delivered to
+        // `triage_url` (or `notify_url`) like any notification.
+        let short: String = signature.chars().take(120).collect();
+        notify(
+            conn,
+            &Notice {
+                kind: "triage",
+                account: None,
+                provider: Some(provider.to_string()),
+                job_id: Some(job_id),
+                message: format!("new unclassified error from {provider}: {short}"),
+                dedupe_key: Some(format!("triage:{provider}:{signature}")),
+            },
+            now,
+        )?;
+    }
     Ok(())
 }
 

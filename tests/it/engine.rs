@@ -637,3 +637,32 @@ fn a_response_with_20_kib_of_headers_is_read_whole() {
         .any(|(k, v)| k.eq_ignore_ascii_case("x-big") && v.len() == big.len()));
     engine.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn a_new_triage_entry_is_delivered_once_to_the_triage_url() {
+    let p = MockProvider::start();
+    p.default_for("/tea", Step::json(418, r#"{"error":"teapot"}"#));
+    let env = TestEnv::with_config(&format!("triage_url = \"{}\"\n", p.url("/triage")));
+    let engine = env.engine();
+    let first = env.insert(&fast_job("acme", &p.url("/tea")));
+    engine.shared().wake();
+    wait_for(10, "triage delivered", || p.count("/triage") == 1);
+    let body: serde_json::Value = serde_json::from_slice(&p.requests("/triage")[0].body).unwrap();
+    assert_eq!(body["type"], "notification.triage");
+    assert_eq!(body["data"]["job_id"], first.to_string());
+    // The same signature again counts the entry up but is not delivered again; other
+    // notifications (here `forbidden`) have nowhere to go without notify_url.
+    let second = env.insert(&fast_job("acme", &p.url("/tea")));
+    p.default_for("/no", Step::status(403));
+    let third = env.insert(&fast_job("acme", &p.url("/no")));
+    engine.shared().wake();
+    wait_for(10, "both done", || {
+        env.state(second) == "draft" && env.state(third) == "canceled"
+    });
+    wait_for(10, "every notification handled", || {
+        env.count_sql("SELECT COUNT(*) FROM notifications WHERE delivery_job IS NULL") == 0
+    });
+    assert_eq!(env.count_sql("SELECT count FROM triage"), 2);
+    assert_eq!(p.count("/triage"), 1);
+    engine.shutdown(Duration::from_secs(5));
+}
