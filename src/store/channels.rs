@@ -65,11 +65,11 @@ pub fn delete_subscription(conn: &Connection, channel: &str, name: &str) -> Resu
     Ok(())
 }
 
-/// Lists subscriptions of a channel (or all), without secrets.
+/// Lists subscriptions of a channel (or all), without secrets; 1,000 at most.
 pub fn list_subscriptions(conn: &Connection, channel: Option<&str>) -> Result<Vec<Subscription>> {
     let mut stmt = conn.prepare_cached(
         "SELECT channel, name, url, status, reason FROM subscriptions
-          WHERE (?1 IS NULL OR channel = ?1) ORDER BY channel, name",
+          WHERE (?1 IS NULL OR channel = ?1) ORDER BY channel, name LIMIT 1000",
     )?;
     let rows = stmt.query_map([channel], |r| {
         Ok(Subscription {
