@@ -98,8 +98,8 @@ fn run(shared: &Shared) {
                 Err(_) => break,
             }
         }
-        if let Err(failed) = commit(shared, batch) {
-            retry = failed;
+        retry = commit(shared, batch);
+        if !retry.is_empty() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -126,22 +126,32 @@ fn held_for_review(f: &Finished, e: &Error) -> Finished {
     }
 }
 
-/// Commits one batch. On a failed commit the outcomes are handed back to be retried
-/// (their leases are still held) and every other caller gets the error.
-fn commit(shared: &Shared, batch: Vec<WriteOp>) -> std::result::Result<(), Vec<Finished>> {
-    let now = shared.now();
-    let mut finished: Vec<(Box<Finished>, bool)> = Vec::new();
-    let mut replies: Vec<(Sender<Result<Boxed>>, Result<Boxed>)> = Vec::new();
-    let mut conn = shared.store.writer();
-    let result: Result<()> = (|| {
-        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for op in batch {
-            let mut sp = tx.savepoint()?;
-            match op {
-                WriteOp::Finished(f) => match engine::record(&sp, &f, now) {
+/// Writes the ops of one transaction, moving each into `finished`/`replies` as it is
+/// done. On an error the op being written is left in `current`, and the ops not yet
+/// reached stay in `ops`: nothing is dropped.
+fn apply(
+    tx: &mut rusqlite::Transaction<'_>,
+    ops: &mut std::vec::IntoIter<WriteOp>,
+    current: &mut Option<Box<Finished>>,
+    finished: &mut Vec<(Box<Finished>, bool)>,
+    replies: &mut Vec<(Sender<Result<Boxed>>, Result<Boxed>)>,
+    later: &mut Vec<Finished>,
+    now: i64,
+) -> Result<()> {
+    for op in ops.by_ref() {
+        match op {
+            WriteOp::Finished(f) => {
+                *current = Some(f);
+                let Some(f) = current.as_deref() else {
+                    continue;
+                };
+                let mut sp = tx.savepoint()?;
+                match engine::record(&sp, f, now) {
                     Ok(applied) => {
                         sp.commit()?;
-                        finished.push((f, applied));
+                        if let Some(f) = current.take() {
+                            finished.push((f, applied));
+                        }
                     }
                     Err(e) => {
                         // Never leave the job running under our lease: hold it for a person
@@ -151,14 +161,25 @@ fn commit(shared: &Shared, batch: Vec<WriteOp>) -> std::result::Result<(), Vec<F
                             f.job_id
                         );
                         sp.rollback()?;
-                        let fallback = held_for_review(&f, &e);
+                        let fallback = held_for_review(f, &e);
                         if engine::record(&sp, &fallback, now).is_ok() {
                             sp.commit()?;
+                            current.take();
                             finished.push((Box::new(fallback), true));
+                        } else {
+                            // Not even the hold could be written: try the outcome again in
+                            // the next batch rather than forget it.
+                            drop(sp);
+                            if let Some(f) = current.take() {
+                                later.push(*f);
+                            }
                         }
                     }
-                },
-                WriteOp::Exec(f, reply) => match f(&sp) {
+                }
+            }
+            WriteOp::Exec(f, reply) => {
+                let mut sp = tx.savepoint()?;
+                match f(&sp) {
                     Ok(v) => {
                         sp.commit()?;
                         replies.push((reply, Ok(v)));
@@ -168,9 +189,36 @@ fn commit(shared: &Shared, batch: Vec<WriteOp>) -> std::result::Result<(), Vec<F
                         drop(sp);
                         let _ = reply.send(Err(e));
                     }
-                },
+                }
             }
         }
+    }
+    Ok(())
+}
+
+/// Commits one batch and returns the outcomes to try again in the next one: on a failed
+/// transaction (say, SQLITE_BUSY past the busy timeout) every outcome of the batch — the
+/// written, the one being written and the ones not reached — goes back (their leases are
+/// still held), and every other caller gets the error.
+fn commit(shared: &Shared, batch: Vec<WriteOp>) -> Vec<Finished> {
+    let now = shared.now();
+    let mut finished: Vec<(Box<Finished>, bool)> = Vec::new();
+    let mut replies: Vec<(Sender<Result<Boxed>>, Result<Boxed>)> = Vec::new();
+    let mut later: Vec<Finished> = Vec::new();
+    let mut current: Option<Box<Finished>> = None;
+    let mut ops = batch.into_iter();
+    let mut conn = shared.store.writer();
+    let result: Result<()> = (|| {
+        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        apply(
+            &mut tx,
+            &mut ops,
+            &mut current,
+            &mut finished,
+            &mut replies,
+            &mut later,
+            now,
+        )?;
         tx.commit()?;
         Ok(())
     })();
@@ -206,17 +254,31 @@ fn commit(shared: &Shared, batch: Vec<WriteOp>) -> std::result::Result<(), Vec<F
             if !finished.is_empty() {
                 shared.wake();
             }
-            Ok(())
+            later
         }
         Err(e) => {
             log::error!("writer: batch not committed, will retry its outcomes: {e}");
-            for (reply, _) in replies {
-                let _ = reply.send(Err(Error::Database {
+            let failed = || {
+                Err(Error::Database {
                     path: shared.store.path().display().to_string(),
                     reason: format!("write failed: {e}"),
-                }));
+                })
+            };
+            for (reply, _) in replies {
+                let _ = reply.send(failed());
             }
-            Err(finished.into_iter().map(|(f, _)| *f).collect())
+            let mut retry: Vec<Finished> = finished.into_iter().map(|(f, _)| *f).collect();
+            retry.extend(current.map(|f| *f));
+            retry.extend(later);
+            for op in ops {
+                match op {
+                    WriteOp::Finished(f) => retry.push(*f),
+                    WriteOp::Exec(_, reply) => {
+                        let _ = reply.send(failed());
+                    }
+                }
+            }
+            retry
         }
     }
 }

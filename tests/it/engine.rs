@@ -666,3 +666,31 @@ fn a_new_triage_entry_is_delivered_once_to_the_triage_url() {
     assert_eq!(p.count("/triage"), 1);
     engine.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn an_outcome_survives_a_batch_whose_transaction_cannot_start() {
+    // Regression: a writer batch that met SQLITE_BUSY past the busy timeout used to be
+    // dropped whole, leaving its jobs running under a lease the process kept extending.
+    let p = MockProvider::start();
+    p.default_for("/slow", Step::json(200, r#"{"ok":1}"#).delay(1_000));
+    let env = TestEnv::new();
+    let engine = env.engine();
+    let id = env.insert(&fast_job("acme", &p.url("/slow")));
+    engine.shared().wake();
+    wait_for(10, "the call is in flight", || p.count("/slow") == 1);
+    // Another connection (an app, the CLI) holds the write lock longer than the busy
+    // timeout while the outcome waits to be written.
+    let db = env.db_path();
+    let holder = std::thread::spawn(move || {
+        let c = rusqlite::Connection::open(db).unwrap();
+        c.execute_batch("BEGIN IMMEDIATE").unwrap();
+        std::thread::sleep(errand::store::BUSY_TIMEOUT + Duration::from_secs(1));
+        c.execute_batch("COMMIT").unwrap();
+    });
+    holder.join().unwrap();
+    wait_for(15, "the outcome written after the lock is released", || {
+        env.state(id) == "succeeded"
+    });
+    assert_eq!(p.count("/slow"), 1);
+    engine.shutdown(Duration::from_secs(5));
+}
