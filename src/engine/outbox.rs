@@ -70,6 +70,10 @@ pub fn drain_once(shared: &Shared, now: i64) -> Result<usize> {
             let mut done = 0;
             for row in &rows {
                 let outcome = match row.kind.as_str() {
+                    _ if row.unreadable.is_some() => Err(Error::invalid(
+                        "payload",
+                        row.unreadable.clone().unwrap_or_default(),
+                    )),
                     "job" => job(&shared.config, tx, &row.payload, now).map(|_| ()),
                     "event" => event(&shared.config, tx, &row.payload, now).map(|_| ()),
                     other => Err(Error::invalid(

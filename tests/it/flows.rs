@@ -534,3 +534,36 @@ fn over_http_an_event_reaches_subscribers_and_a_bad_payload_is_422() {
     );
     assert_eq!(again.json()["deliveries"].as_array().unwrap().len(), 1);
 }
+
+#[test]
+fn an_outbox_row_that_is_not_text_is_rejected_and_does_not_block_the_rows_behind_it() {
+    // Regression: one BLOB payload made every drain pass fail.
+    let p = MockProvider::start();
+    let env = TestEnv::new();
+    let engine = env.engine();
+    let good = json!({"account": "acme", "request": {"url": p.url("/after-blob")}}).to_string();
+    let script = format!(
+        r#"
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("INSERT INTO outbox (payload) VALUES (?)", (b"\xff\xfe not text",))
+db.execute("INSERT INTO outbox (payload, created_at) VALUES (?, 'yesterday')", ({good:?},))
+"#
+    );
+    python_sqlite(&env.db_path(), &script);
+    wait_for(5, "the row behind the blob is sent", || {
+        p.count("/after-blob") == 1
+    });
+    wait_for(5, "the blob is rejected", || {
+        env.count_sql("SELECT COUNT(*) FROM outbox_rejected") == 1
+    });
+    let reason: String = env
+        .store
+        .read()
+        .unwrap()
+        .query_row("SELECT reason FROM outbox_rejected", [], |r| r.get(0))
+        .unwrap();
+    assert!(reason.contains("BLOB"), "{reason}");
+    assert_eq!(env.count_sql("SELECT COUNT(*) FROM outbox"), 0);
+    engine.shutdown(Duration::from_secs(5));
+}
