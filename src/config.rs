@@ -204,8 +204,41 @@ impl Default for Provider {
 impl Provider {
     /// True when `url` is allowed by the provider's base URL allowlist (empty = any).
     pub fn allows(&self, url: &str) -> bool {
-        self.base_urls.is_empty() || self.base_urls.iter().any(|b| url.starts_with(b.as_str()))
+        self.base_urls.is_empty() || self.base_urls.iter().any(|b| url_within(url, b))
     }
+}
+
+/// True when `url` is on the same scheme, host and port as `base` and its path lies under
+/// `base`'s path. Compared parsed, not as strings: `https://api.example.com@evil.net/`
+/// and `https://api.example.com.evil.net/` are not under `https://api.example.com`.
+pub fn url_within(url: &str, base: &str) -> bool {
+    let (Ok(u), Ok(b)) = (
+        url.parse::<ureq::http::Uri>(),
+        base.parse::<ureq::http::Uri>(),
+    ) else {
+        return false;
+    };
+    let scheme = |x: &ureq::http::Uri| x.scheme_str().map(str::to_ascii_lowercase);
+    let port = |x: &ureq::http::Uri| {
+        x.port_u16().or(match scheme(x).as_deref() {
+            Some("https") => Some(443),
+            Some("http") => Some(80),
+            _ => None,
+        })
+    };
+    let host = |x: &ureq::http::Uri| x.host().map(str::to_ascii_lowercase);
+    let has_userinfo =
+        |x: &ureq::http::Uri| x.authority().is_some_and(|a| a.as_str().contains('@'));
+    if scheme(&u) != scheme(&b) || host(&u) != host(&b) || port(&u) != port(&b) || has_userinfo(&u)
+    {
+        return false;
+    }
+    let base_path = b.path().trim_end_matches('/');
+    let path = u.path();
+    path == base_path
+        || path
+            .strip_prefix(base_path)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// The validated configuration.
@@ -624,6 +657,30 @@ schema = { required = ["to", "subject"], properties = { to = "string", subject =
             let e = Config::from_toml(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn the_base_url_allowlist_compares_parsed_urls() {
+        let base = "https://api.example.com";
+        assert!(url_within("https://api.example.com/v1/x", base));
+        assert!(url_within("https://API.example.com:443/", base));
+        assert!(url_within(
+            "https://api.example.com/a?b=c",
+            "https://api.example.com/a/"
+        ));
+        assert!(!url_within("https://api.example.com@evil.net/x", base));
+        assert!(!url_within("https://api.example.com.evil.net/x", base));
+        assert!(!url_within("http://api.example.com/x", base));
+        assert!(!url_within("https://api.example.com:8443/x", base));
+        assert!(!url_within("https://user@api.example.com/x", base));
+        assert!(!url_within(
+            "https://api.example.com/ab",
+            "https://api.example.com/a"
+        ));
+        assert!(url_within(
+            "https://api.example.com/a/b",
+            "https://api.example.com/a"
+        ));
     }
 
     #[test]

@@ -694,3 +694,41 @@ fn an_outcome_survives_a_batch_whose_transaction_cannot_start() {
     assert_eq!(p.count("/slow"), 1);
     engine.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn a_url_outside_the_providers_base_url_is_canceled_before_the_credential_is_sent() {
+    let p = MockProvider::start();
+    let env = TestEnv::with_config(&format!(
+        "[providers.pay]\nbase_url = \"http://127.0.0.1:{}\"\n",
+        free_port()
+    ));
+    env.store
+        .write(|tx| {
+            accounts::put_credential(
+                tx,
+                "acme",
+                "pay",
+                "sk_live",
+                "Authorization",
+                "Bearer {secret}",
+                1,
+            )
+        })
+        .unwrap();
+    let engine = env.engine();
+    // Userinfo tricks a string prefix check; the parsed host is the mock's.
+    let base = env.config.provider("pay").base_urls[0].clone();
+    let tricky = format!("{base}@127.0.0.1:{}/steal", p.port);
+    let mut job = fast_job("acme", &tricky);
+    job.provider = "pay".into();
+    let id = env.insert(&job);
+    engine.shared().wake();
+    wait_for(10, "canceled at preflight", || env.state(id) == "canceled");
+    assert_eq!(env.job(id).last_error.unwrap().reason, "url_not_allowed");
+    assert_eq!(
+        p.seen.lock().unwrap().len(),
+        0,
+        "nothing sent, no credential leaked"
+    );
+    engine.shutdown(Duration::from_secs(5));
+}
