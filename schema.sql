@@ -121,7 +121,7 @@ CREATE TABLE IF NOT EXISTS credentials (
     format     TEXT    NOT NULL DEFAULT 'Bearer {secret}',
     status     TEXT    NOT NULL DEFAULT 'valid' CHECK (status IN ('valid', 'invalid')),
     reason     TEXT,
-    version    INTEGER NOT NULL DEFAULT 1,  -- +1 on every PUT; a 401 invalidates only the version it used
+    version    INTEGER NOT NULL DEFAULT 1,  -- random, new on every PUT; a 401 invalidates only the version it used
     updated_at INTEGER NOT NULL,
     PRIMARY KEY (account, provider)
 );

@@ -178,7 +178,16 @@ impl HttpServer {
                     .name(format!("errand-http-{i}"))
                     .spawn(move || {
                         while let Ok(req) = server.recv() {
-                            api.serve(req);
+                            // A bug in one handler must not cost the server a thread; the
+                            // request is dropped (its connection closes) and the thread
+                            // goes on.
+                            let served =
+                                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                    api.serve(req)
+                                }));
+                            if served.is_err() {
+                                log::error!("a request handler panicked; the request was dropped");
+                            }
                         }
                     })
                     .map_err(Error::Io)

@@ -107,10 +107,11 @@ pub fn run_once(shared: &Shared, now: i64) -> Result<Option<i64>> {
     }
     let blocked = shared.limits.blocked_providers(now);
     let lease_until = now + shared.config.lease_ms;
-    let (claimed, next) = shared.store.write_quiet(|tx| {
+    // Slots taken from the limits, given back below if the claim does not commit.
+    let mut admitted: Vec<(i64, String)> = Vec::new();
+    let result = shared.store.write_quiet(|tx| {
         let candidates = engine::due_candidates(tx, now, capacity * 2 + 16)?;
         let mut ids = Vec::with_capacity(capacity);
-        let mut admitted = Vec::new();
         for c in &candidates {
             if ids.len() == capacity {
                 break;
@@ -122,19 +123,25 @@ pub fn run_once(shared: &Shared, now: i64) -> Result<Option<i64>> {
             admitted.push((c.id, c.provider.clone()));
         }
         let jobs = engine::claim(tx, &ids, &shared.owner, lease_until, now)?;
-        // Slots taken for jobs another process claimed first are given back.
-        for (id, provider) in admitted {
-            if !jobs.iter().any(|j| j.id == id) {
-                shared.limits.unadmit(&provider);
-            }
-        }
         let next = if jobs.len() < capacity {
             engine::next_due_at(tx)?
         } else {
             None
         };
         Ok((jobs, next))
-    })?;
+    });
+    // Slots taken for jobs another process claimed first, or for a claim that did not
+    // commit, are given back (a leaked half-open probe would block the provider).
+    let claimed_ids: Vec<i64> = match &result {
+        Ok((jobs, _)) => jobs.iter().map(|j| j.id).collect(),
+        Err(_) => Vec::new(),
+    };
+    for (id, provider) in &admitted {
+        if !claimed_ids.contains(id) {
+            shared.limits.unadmit(provider);
+        }
+    }
+    let (claimed, next) = result?;
     let n = claimed.len();
     shared.outstanding.fetch_add(n, Ordering::SeqCst);
     for job in claimed {

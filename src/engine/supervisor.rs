@@ -117,7 +117,7 @@ fn check_threads(shared: &Arc<Shared>, threads: &Mutex<Threads>, now: i64) {
 pub fn process_start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces; fields after it follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
@@ -125,8 +125,8 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 fn owner_is_dead(shared: &Shared, owner: &str) -> bool {
     let mine: Vec<&str> = shared.owner.split(':').collect();
     let theirs: Vec<&str> = owner.split(':').collect();
-    if theirs.len() != 4 || mine.len() != 4 || theirs[0] != mine[0] || theirs[1] == mine[1] {
-        return false; // another host, or this process: only expiry decides
+    if theirs.len() != 4 || mine.len() != 4 || theirs[0] != mine[0] || owner == shared.owner {
+        return false; // another host, or this engine: only expiry decides
     }
     let Ok(pid) = theirs[1].parse::<u32>() else {
         return false;

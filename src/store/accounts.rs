@@ -164,11 +164,14 @@ pub fn put_credential(
     }
     let mut stmt = conn.prepare_cached(
         "INSERT INTO credentials (account, provider, secret, header, format, status, reason, version, updated_at)
-         VALUES (:a, :p, :s, :h, :f, 'valid', NULL, 1, :now)
+         VALUES (:a, :p, :s, :h, :f, 'valid', NULL, :v, :now)
          ON CONFLICT (account, provider) DO UPDATE SET secret = :s, header = :h, format = :f,
-             status = 'valid', reason = NULL, version = version + 1, updated_at = :now",
+             status = 'valid', reason = NULL, version = :v, updated_at = :now",
     )?;
-    stmt.execute(named_params! {":a": account, ":p": provider, ":s": secret, ":h": header, ":f": format, ":now": now})?;
+    // A random version, not a counter: a counter restarts after a DELETE, and a 401 to a
+    // request made with the deleted secret would then condemn the new one.
+    let version = (crate::rand::next_u64() >> 2) as i64;
+    stmt.execute(named_params! {":a": account, ":p": provider, ":s": secret, ":h": header, ":f": format, ":v": version, ":now": now})?;
     Ok(())
 }
 

@@ -23,8 +23,9 @@ pub struct Notice {
 /// Writes a notification unless one with the same dedupe key exists. True if written.
 pub fn notify(conn: &Connection, n: &Notice, now: i64) -> Result<bool> {
     let mut stmt = conn.prepare_cached(
-        "INSERT OR IGNORE INTO notifications (kind, account, provider, job_id, message, dedupe_key, created_at)
-         VALUES (:kind, :account, :provider, :job_id, :message, :dedupe, :now)",
+        "INSERT INTO notifications (kind, account, provider, job_id, message, dedupe_key, created_at)
+         VALUES (:kind, :account, :provider, :job_id, :message, :dedupe, :now)
+         ON CONFLICT (dedupe_key) DO NOTHING",
     )?;
     let n = stmt.execute(named_params! {
         ":kind": n.kind, ":account": n.account, ":provider": n.provider, ":job_id": n.job_id,

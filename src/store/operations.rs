@@ -175,7 +175,10 @@ pub fn state(conn: &Connection, op: &Operation) -> Result<OpState> {
     Ok(match current_job(conn, op)?.map(|j| j.state) {
         Some(JobState::Draft) => OpState::Held,
         Some(JobState::Canceled) => OpState::Canceled,
-        _ => OpState::Running,
+        Some(_) => OpState::Running,
+        // The step's job is written with the step before it, so a missing one was pruned
+        // (only finished jobs are): it ended canceled, or the operation would have moved on.
+        None => OpState::Canceled,
     })
 }
 

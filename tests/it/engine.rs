@@ -732,3 +732,45 @@ fn a_url_outside_the_providers_base_url_is_canceled_before_the_credential_is_sen
     );
     engine.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn a_401_to_a_deleted_secret_does_not_condemn_the_secret_stored_after_it() {
+    // Regression: versions restarted at 1 after a DELETE, so a late 401 to the old secret
+    // matched the new credential's version.
+    let env = TestEnv::new();
+    let put = |secret: &str| {
+        env.store
+            .write(|tx| {
+                accounts::put_credential(
+                    tx,
+                    "acme",
+                    "mail",
+                    secret,
+                    "Authorization",
+                    "Bearer {secret}",
+                    1,
+                )
+            })
+            .unwrap()
+    };
+    let version = |env: &TestEnv| {
+        accounts::credential(&env.store.read().unwrap(), "acme", "mail")
+            .unwrap()
+            .unwrap()
+            .version
+    };
+    put("old");
+    let old = version(&env);
+    env.store
+        .write(|tx| accounts::delete_credential(tx, "acme", "mail"))
+        .unwrap();
+    put("new");
+    assert_ne!(version(&env), old);
+    let changed = env
+        .store
+        .write(|tx| accounts::invalidate_credential(tx, "acme", "mail", old, "401", 2))
+        .unwrap();
+    assert!(!changed);
+    let status = accounts::credential_status(&env.store.read().unwrap(), "acme", "mail").unwrap();
+    assert_eq!(status.status, "valid");
+}

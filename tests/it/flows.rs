@@ -567,3 +567,25 @@ db.execute("INSERT INTO outbox (payload, created_at) VALUES (?, 'yesterday')", (
     assert_eq!(env.count_sql("SELECT COUNT(*) FROM outbox"), 0);
     engine.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn an_operation_whose_canceled_step_was_pruned_reads_canceled_not_running() {
+    // Regression: a missing current step job made the operation poll 202 forever.
+    let p = MockProvider::start();
+    let env = TestEnv::new();
+    let id = create_op(&env.store, &three_steps(&p));
+    let job_id: i64 = op_json(&env.store, id)["steps"][0]["job_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    env.store
+        .write(|tx| {
+            errand::store::jobs::user_action(tx, job_id, errand::job::UserAction::Cancel, now())?;
+            // What retention does to finished jobs.
+            errand::store::engine::prune(tx, None, Some(now() + 1), 0)
+        })
+        .unwrap();
+    assert_eq!(env.count_sql("SELECT COUNT(*) FROM jobs"), 0);
+    assert_eq!(op_json(&env.store, id)["state"], "canceled");
+}
