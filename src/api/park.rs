@@ -89,7 +89,7 @@ impl Parking {
                 WaitKind::Created | WaitKind::Operation { created: true, .. }
             );
             if created {
-                let woken = subscribe(api, wait.job_id);
+                let woken = subscribe(api, wait.job_id, wait.deadline);
                 self.answer(api, Parked { raw, wait, woken });
                 return;
             }
@@ -107,7 +107,7 @@ impl Parking {
             return;
         }
         // Register before reading, so a commit in between still wakes us.
-        let woken = subscribe(api, wait.job_id);
+        let woken = subscribe(api, wait.job_id, wait.deadline);
         let mut parked = Parked { raw, wait, woken };
         match settle(api, &mut parked) {
             Some(false) | None => self.answer(api, parked),
@@ -144,9 +144,9 @@ impl Parking {
     }
 }
 
-fn subscribe(api: &Api, job_id: i64) -> Receiver<()> {
+fn subscribe(api: &Api, job_id: i64, until: Instant) -> Receiver<()> {
     let (tx, rx) = bounded(1);
-    api.shared.waiters.register(job_id, tx);
+    api.shared.waiters.register(job_id, tx, until);
     rx
 }
 
@@ -163,7 +163,7 @@ fn settle(api: &Api, p: &mut Parked) -> Option<bool> {
         if p.wait.job_id == before {
             return r;
         }
-        p.woken = subscribe(api, p.wait.job_id);
+        p.woken = subscribe(api, p.wait.job_id, p.wait.deadline);
     }
 }
 
@@ -242,7 +242,7 @@ fn respond_loop(api: &Api) {
             }
             Some(Ok(i)) => {
                 let mut p = parked.swap_remove(i);
-                p.woken = subscribe(api, p.wait.job_id);
+                p.woken = subscribe(api, p.wait.job_id, p.wait.deadline);
                 match settle(api, &mut p) {
                     Some(true) => parked.push(p),
                     Some(false) | None => parking.answer(api, p),
