@@ -18,6 +18,7 @@ CREATE TABLE IF NOT EXISTS jobs (
                         ('draft', 'approved', 'running', 'retry', 'succeeded', 'canceled')),
     run_at          INTEGER NOT NULL,               -- earliest next attempt
     attempts        INTEGER NOT NULL DEFAULT 0 CHECK (attempts >= 0),
+    attempts_base   INTEGER NOT NULL DEFAULT 0,     -- attempts made before a person re-ran it: max_attempts counts from here
     max_attempts    INTEGER CHECK (max_attempts IS NULL OR max_attempts >= 1), -- NULL: provider's
     method          TEXT    NOT NULL,
     url             TEXT    NOT NULL,

@@ -191,6 +191,8 @@ pub struct Job {
     pub state: JobState,
     pub run_at: i64,
     pub attempts: i64,
+    /// Attempts made before a person last re-ran the job: `max_attempts` counts from here.
+    pub attempts_base: i64,
     pub max_attempts: Option<i64>,
     pub method: String,
     pub url: String,

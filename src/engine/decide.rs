@@ -66,7 +66,10 @@ pub fn decide(
         triage: false,
     };
     let retry_or_exhaust = |d: &mut Decision, category: &str, reason: &str| {
-        if job.attempts >= max_attempts {
+        // Attempts count from the last time a person re-ran the job, so approving or
+        // retrying a held job gives it its whole budget again.
+        let made = job.attempts - job.attempts_base;
+        if made >= max_attempts {
             d.next = Next::Hold;
             d.error = err(
                 category,
@@ -83,7 +86,7 @@ pub fn decide(
                 None,
             ));
         } else {
-            let retry_index = (job.attempts - 1).max(0) as u32;
+            let retry_index = (made - 1).max(0) as u32;
             d.next = Next::Retry {
                 run_at: backoff::next_run_at(
                     now_ms,
@@ -181,6 +184,7 @@ mod tests {
             state: JobState::Running,
             run_at: 0,
             attempts,
+            attempts_base: 0,
             max_attempts: max,
             method: "GET".into(),
             url: "http://x/".into(),

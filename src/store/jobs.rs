@@ -13,7 +13,7 @@ pub(crate) const COLUMNS: &str = "id, token, account, provider, state, run_at, a
     max_attempts, method, url, headers, body, timeout_ms, backoff, idempotency_key, \
     expires_at, callback_url, metadata, lease_owner, lease_until, last_error, result_status, \
     result_headers, result_body, result_truncated, created_at, updated_at, operation_id, \
-    step_index, webhook_id, signing_key";
+    step_index, webhook_id, signing_key, attempts_base";
 
 fn json_col<T: serde::de::DeserializeOwned>(r: &Row, i: usize) -> rusqlite::Result<Option<T>> {
     let s: Option<String> = r.get(i)?;
@@ -69,6 +69,7 @@ pub(crate) fn from_row(r: &Row) -> rusqlite::Result<Job> {
         step_index: r.get(28)?,
         webhook_id: r.get(29)?,
         signing_key: r.get(30)?,
+        attempts_base: r.get(31)?,
     })
 }
 
@@ -208,6 +209,7 @@ pub fn count_by_state(conn: &Connection) -> Result<Vec<(JobState, i64)>> {
 const USER_TRANSITION: &str = r#"
 UPDATE jobs SET state = :to, updated_at = :now,
        run_at = :run_at,
+       attempts_base = CASE WHEN :from = 'draft' AND :to = 'approved' THEN attempts ELSE attempts_base END,
        last_error = CASE WHEN :to = 'canceled' THEN :error ELSE last_error END,
        finished_at = CASE WHEN :to = 'canceled' THEN :now ELSE NULL END
  WHERE id = :id AND state = :from

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use errand::clock::Clock;
+use errand::clock::{Clock, SystemClock};
 use errand::spec::NewJob;
 use errand::store::{accounts, attempts};
 
@@ -773,4 +773,37 @@ fn a_401_to_a_deleted_secret_does_not_condemn_the_secret_stored_after_it() {
     assert!(!changed);
     let status = accounts::credential_status(&env.store.read().unwrap(), "acme", "mail").unwrap();
     assert_eq!(status.status, "valid");
+}
+
+#[test]
+fn retrying_a_held_job_gives_it_its_whole_attempt_budget_again() {
+    let p = MockProvider::start();
+    p.default_for("/down", Step::status(503));
+    let env = TestEnv::new();
+    let engine = env.engine();
+    let mut job = fast_job("acme", &p.url("/down"));
+    job.max_attempts = Some(2);
+    let id = env.insert(&job);
+    engine.shared().wake();
+    wait_for(10, "held after 2 attempts", || env.state(id) == "draft");
+    assert_eq!(p.count("/down"), 2);
+    // "The provider is back: re-run what was held" — it still fails here, so the job
+    // gets its 2 attempts again before it is held once more, not just one.
+    env.store
+        .write(|tx| {
+            errand::store::jobs::user_action(
+                tx,
+                id,
+                errand::job::UserAction::Retry,
+                SystemClock.now_ms(),
+            )
+        })
+        .unwrap();
+    engine.shared().wake();
+    wait_for(10, "held again", || {
+        env.state(id) == "draft" && p.count("/down") == 4
+    });
+    assert_eq!(env.job(id).attempts, 4);
+    assert_eq!(notifications(&env, "exhausted"), 2);
+    engine.shutdown(Duration::from_secs(5));
 }
