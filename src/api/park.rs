@@ -1,9 +1,11 @@
 //! Parked `Prefer: wait=N` requests. The tiny_http `Request` itself waits here with its
 //! deadline, not a handler thread: the writer signals the job's waiters after it commits
-//! an outcome ([`crate::engine::waiters`]), and one responder thread answers each parked
-//! request when signalled or when its deadline passes. No waiter polls the database.
+//! an outcome ([`crate::engine::waiters`]), and one responder thread builds each parked
+//! request's answer when signalled or when its deadline passes; a few answering threads
+//! write the answers out, so one client that reads slowly cannot hold up the others. No
+//! waiter polls the database.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -52,10 +54,17 @@ enum Msg {
     Stop,
 }
 
-/// The registry of parked requests: a channel to the responder and a count for the cap.
+/// Threads that write answers to parked requests' clients.
+const ANSWERERS: usize = 4;
+
+/// The registry of parked requests: a channel to the responder, a channel of answers to
+/// write, and a count for the cap.
 pub struct Parking {
     tx: Sender<Msg>,
     rx: Receiver<Msg>,
+    out_tx: Sender<(tiny_http::Request, Reply)>,
+    out_rx: Receiver<(tiny_http::Request, Reply)>,
+    stopped: AtomicBool,
     count: AtomicUsize,
     max: usize,
 }
@@ -64,9 +73,13 @@ impl Parking {
     /// An empty registry holding at most `max` requests.
     pub fn new(max: usize) -> Parking {
         let (tx, rx) = unbounded();
+        let (out_tx, out_rx) = unbounded();
         Parking {
             tx,
             rx,
+            out_tx,
+            out_rx,
+            stopped: AtomicBool::new(false),
             count: AtomicUsize::new(0),
             max,
         }
@@ -140,7 +153,10 @@ impl Parking {
         };
         let mut reply = reply;
         reply.headers.extend(p.wait.headers);
-        let _ = p.raw.respond(reply.into_response());
+        if let Err(e) = self.out_tx.send((p.raw, reply)) {
+            let (raw, reply) = e.into_inner();
+            let _ = raw.respond(reply.into_response());
+        }
     }
 }
 
@@ -198,10 +214,30 @@ fn still_waiting(api: &Api, wait: &mut Wait) -> Option<bool> {
 
 /// Starts the responder thread of `api.parking`.
 pub(super) fn spawn_responder(api: std::sync::Arc<Api>) -> Result<JoinHandle<()>> {
+    for i in 0..ANSWERERS {
+        let api = api.clone();
+        std::thread::Builder::new()
+            .name(format!("errand-http-answer-{i}"))
+            .spawn(move || answer_loop(&api.parking))
+            .map_err(Error::Io)?;
+    }
     std::thread::Builder::new()
         .name("errand-http-responder".into())
         .spawn(move || respond_loop(&api))
         .map_err(Error::Io)
+}
+
+/// An answering thread: writes answers until the responder has stopped and none is left.
+fn answer_loop(parking: &Parking) {
+    loop {
+        match parking.out_rx.recv_timeout(Duration::from_millis(200)) {
+            Ok((raw, reply)) => {
+                let _ = raw.respond(reply.into_response());
+            }
+            Err(_) if parking.stopped.load(Ordering::SeqCst) && parking.out_rx.is_empty() => return,
+            Err(_) => {}
+        }
+    }
 }
 
 /// The responder: waits on the control channel and every parked request's wake-up at
@@ -238,6 +274,7 @@ fn respond_loop(api: &Api) {
                 for p in parked.drain(..) {
                     parking.answer(api, p);
                 }
+                parking.stopped.store(true, Ordering::SeqCst);
                 return;
             }
             Some(Ok(i)) => {
