@@ -905,3 +905,92 @@ fn beyond_the_parked_wait_cap_a_poll_answers_503_and_an_enqueue_answers_202_at_o
 fn json_body(url: &str) -> Value {
     json!({"account": "acme", "request": {"url": url}})
 }
+
+#[test]
+fn hundreds_of_mangled_bodies_never_get_a_5xx() {
+    // A deterministic fuzz of the JSON endpoints: byte flips, truncations and fields of
+    // the wrong type must all answer a 4xx (or succeed), never a 5xx or a dead server.
+    let api = Api::start();
+    let seeds: Vec<(&str, &str, Value)> = vec![
+        ("POST", "/v1/jobs", job_body("http://127.0.0.1:9/x")),
+        (
+            "POST",
+            "/v1/operations",
+            json!({"account": "a", "steps": [{"name": "s", "request": {"url": "http://127.0.0.1:9/{{steps.s.json.id}}"}}]}),
+        ),
+        (
+            "PUT",
+            "/v1/accounts/acme/credentials/pm",
+            json!({"secret": "s3cret", "header": "X-K", "format": "{secret}"}),
+        ),
+        (
+            "PUT",
+            "/v1/channels/c/subscriptions/s",
+            json!({"url": "http://127.0.0.1:9/h", "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}),
+        ),
+        (
+            "POST",
+            "/v1/channels/c/events",
+            json!({"payload": {"a": 1}}),
+        ),
+        (
+            "POST",
+            "/v1/jobs/bulk",
+            json!({"action": "retry", "filter": {"state": "draft"}}),
+        ),
+    ];
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let odd = [
+        json!(null),
+        json!(-1),
+        json!(1e300),
+        json!("\u{0}"),
+        json!([]),
+        json!({}),
+        json!(true),
+        json!("x".repeat(5000)),
+    ];
+    for round in 0..300 {
+        let (method, path, seed) = &seeds[round % seeds.len()];
+        let text = match next() % 3 {
+            0 => {
+                // Replace one field (or a nested one) with an odd value.
+                let mut v = seed.clone();
+                if let Some(obj) = v.as_object_mut() {
+                    let keys: Vec<String> = obj.keys().cloned().collect();
+                    let k = &keys[(next() as usize) % keys.len()];
+                    obj.insert(k.clone(), odd[(next() as usize) % odd.len()].clone());
+                }
+                v.to_string()
+            }
+            1 => {
+                let s = seed.to_string();
+                let cut = (next() as usize) % s.len();
+                s[..cut].to_string()
+            }
+            _ => {
+                let mut b = seed.to_string().into_bytes();
+                let i = (next() as usize) % b.len();
+                b[i] = (next() % 256) as u8;
+                String::from_utf8_lossy(&b).into_owned()
+            }
+        };
+        let a = http(method, &api.url(path), &[], Some(&text));
+        assert!(
+            a.status < 500,
+            "{method} {path} {text:?}: {} {}",
+            a.status,
+            a.body
+        );
+        if a.status >= 400 {
+            assert!(a.json()["error"]["message"].is_string(), "{}", a.body);
+        }
+    }
+    assert_eq!(api.get("/healthz").status, 200);
+}
