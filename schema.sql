@@ -48,8 +48,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 
 -- Due jobs: the scheduler's claim query reads only this partial index.
 CREATE INDEX IF NOT EXISTS jobs_due ON jobs (run_at) WHERE state IN ('approved', 'retry');
--- Leases held: the reaper's query.
-CREATE INDEX IF NOT EXISTS jobs_running ON jobs (lease_until) WHERE state = 'running';
+-- Leases held are found through jobs_state_id (state = 'running': a handful of rows per
+-- worker), so no index of their own costs a write at every claim and every outcome.
 -- Listing by state and by account (keyset paging on id).
 CREATE INDEX IF NOT EXISTS jobs_state_id ON jobs (state, id);
 CREATE INDEX IF NOT EXISTS jobs_account_id ON jobs (account, id);

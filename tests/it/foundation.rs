@@ -353,3 +353,29 @@ fn the_packaged_example_config_is_valid() {
     assert!(c.provider("twitter").requires_credential);
     assert_eq!(c.provider("twitter").rules.len(), 2);
 }
+
+#[test]
+fn the_reaper_and_lease_queries_find_running_jobs_through_the_state_index() {
+    let env = TestEnv::new();
+    let conn = env.store.read().unwrap();
+    for sql in [
+        "SELECT id FROM jobs WHERE state = 'running' AND (lease_until < 1 OR lease_owner IN ('x'))",
+        "SELECT DISTINCT lease_owner FROM jobs WHERE state = 'running' AND lease_owner IS NOT NULL",
+    ] {
+        let plan: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map([], |r| r.get::<_, String>(3))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert!(
+            plan.iter().any(|p| p.contains("jobs_state_id")),
+            "{sql}: {plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|p| p.starts_with("SCAN jobs")),
+            "{sql}: {plan:?}"
+        );
+    }
+}
