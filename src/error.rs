@@ -60,14 +60,6 @@ impl Error {
             message: message.into(),
         }
     }
-
-    /// True when the error is the caller's input (usage error, 4xx).
-    pub fn is_user_error(&self) -> bool {
-        matches!(
-            self,
-            Error::Invalid { .. } | Error::NotFound(_) | Error::Conflict { .. }
-        )
-    }
 }
 
 /// The library's result type.

@@ -33,7 +33,7 @@ impl Default for TargetConfig {
 }
 
 struct State {
-    config: Mutex<TargetConfig>,
+    config: TargetConfig,
     stop: AtomicBool,
     received: AtomicU64,
     failed: AtomicU64,
@@ -59,7 +59,7 @@ impl Target {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
         let state = Arc::new(State {
-            config: Mutex::new(config),
+            config,
             stop: AtomicBool::new(false),
             received: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -91,11 +91,6 @@ impl Target {
     /// The URL of `path` on this target.
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// Changes how later requests are answered.
-    pub fn set_config(&self, config: TargetConfig) {
-        *self.state.config.lock().unwrap_or_else(|p| p.into_inner()) = config;
     }
 
     /// Requests answered so far (including failures).
@@ -171,7 +166,7 @@ fn serve(stream: TcpStream, st: &State) {
                 .unwrap_or_else(|p| p.into_inner())
                 .push((n, arrived));
         }
-        let config = *st.config.lock().unwrap_or_else(|p| p.into_inner());
+        let config = st.config;
         let seq = st.received.fetch_add(1, Ordering::SeqCst);
         if !config.latency.is_zero() {
             std::thread::sleep(config.latency);
