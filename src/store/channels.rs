@@ -71,16 +71,19 @@ pub fn list_subscriptions(conn: &Connection, channel: Option<&str>) -> Result<Ve
         "SELECT channel, name, url, status, reason FROM subscriptions
           WHERE (?1 IS NULL OR channel = ?1) ORDER BY channel, name LIMIT 1000",
     )?;
-    let rows = stmt.query_map([channel], |r| {
-        Ok(Subscription {
-            channel: r.get(0)?,
-            name: r.get(1)?,
-            url: r.get(2)?,
-            status: r.get(3)?,
-            reason: r.get(4)?,
-        })
-    })?;
+    let rows = stmt.query_map([channel], subscription_from_row)?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// Reads a subscription from a row `channel, name, url, status, reason` (never the secret).
+pub(crate) fn subscription_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Subscription> {
+    Ok(Subscription {
+        channel: r.get(0)?,
+        name: r.get(1)?,
+        url: r.get(2)?,
+        status: r.get(3)?,
+        reason: r.get(4)?,
+    })
 }
 
 /// The secret of an active subscription named by a signing key

@@ -226,15 +226,7 @@ pub fn subscriptions_after(
     )?;
     let rows = stmt.query_map(
         named_params! {":channel": channel, ":name": name, ":limit": limit.clamp(1, 500)},
-        |r| {
-            Ok(Subscription {
-                channel: r.get(0)?,
-                name: r.get(1)?,
-                url: r.get(2)?,
-                status: r.get(3)?,
-                reason: r.get(4)?,
-            })
-        },
+        super::channels::subscription_from_row,
     )?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
