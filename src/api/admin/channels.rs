@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::html::{badge, esc, page, url_enc};
+use super::html::{badge, esc, page, pager, url_enc};
 use super::session::Session;
 use crate::api::{Api, Reply, Req};
 use crate::error::Result;
@@ -46,19 +46,18 @@ pub(super) fn list(api: &Api, req: &Req, s: &Session, notice: Option<&str>) -> R
         }
         b.push_str("</table></div>");
     }
-    b.push_str("<div class=\"pager\">");
-    if after.is_some() {
-        b.push_str("<a href=\"/admin/channels\">« First</a>");
-    }
-    if let (true, Some(last)) = (more, subs.last()) {
-        let _ = write!(
-            b,
-            "<a id=\"more\" href=\"/admin/channels?after_channel={}&amp;after_name={}\">More »</a>",
+    let next = match (more, subs.last()) {
+        (true, Some(last)) => Some(format!(
+            "/admin/channels?after_channel={}&amp;after_name={}",
             url_enc(&last.channel),
             url_enc(&last.name)
-        );
-    }
-    b.push_str("</div>");
+        )),
+        _ => None,
+    };
+    b.push_str(&pager(
+        after.is_some().then_some(("/admin/channels", "« First")),
+        next.as_deref().map(|h| ("more", h, "More »")),
+    ));
     Ok(page(
         200,
         "Channels",

@@ -111,6 +111,21 @@ pub fn post_button(
     f
 }
 
+/// The paging links under a list: back to the first page (`first`: href, label) when
+/// not on it, and on to the next (`next`: element id, href, label) when there is one.
+/// Hrefs are given escaped.
+pub fn pager(first: Option<(&str, &str)>, next: Option<(&str, &str, &str)>) -> String {
+    let mut b = String::from("<div class=\"pager\">");
+    if let Some((href, label)) = first {
+        b.push_str(&format!("<a href=\"{href}\">{label}</a>"));
+    }
+    if let Some((id, href, label)) = next {
+        b.push_str(&format!("<a id=\"{id}\" href=\"{href}\">{label}</a>"));
+    }
+    b.push_str("</div>");
+    b
+}
+
 /// Headers every admin answer carries: no caching, no framing, scripts off.
 pub fn secure(mut r: Reply) -> Reply {
     for (k, v) in [

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::html::{badge, clip, esc, page, post_button, url_enc, when};
+use super::html::{badge, clip, esc, page, pager, post_button, url_enc, when};
 use super::session::Session;
 use crate::api::{Api, Reply, Req};
 use crate::error::Result;
@@ -83,22 +83,15 @@ pub(super) fn list(api: &Api, req: &Req, s: &Session, notice: Option<&str>) -> R
             let _ = write!(keep, "&{k}={}", url_enc(v));
         }
     }
-    b.push_str("<div class=\"pager\">");
-    if before.is_some() {
-        let _ = write!(
-            b,
-            "<a href=\"/admin/jobs?{}\">« Newest</a>",
-            keep.trim_start_matches('&')
-        );
-    }
-    if let (true, Some(last)) = (more, rows.last()) {
-        let _ = write!(
-            b,
-            "<a id=\"older\" href=\"/admin/jobs?before={}{keep}\">Older »</a>",
-            last.id
-        );
-    }
-    b.push_str("</div>");
+    let first = format!("/admin/jobs?{}", keep.trim_start_matches('&'));
+    let next = match (more, rows.last()) {
+        (true, Some(last)) => Some(format!("/admin/jobs?before={}{keep}", last.id)),
+        _ => None,
+    };
+    b.push_str(&pager(
+        before.is_some().then_some((first.as_str(), "« Newest")),
+        next.as_deref().map(|h| ("older", h, "Older »")),
+    ));
     Ok(page(
         200,
         "Jobs",

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::html::{badge, esc, page, url_enc, when};
+use super::html::{badge, esc, page, pager, url_enc, when};
 use super::session::Session;
 use crate::api::{Api, Reply, Req};
 use crate::error::Result;
@@ -52,18 +52,16 @@ pub(super) fn list(api: &Api, req: &Req, s: &Session, notice: Option<&str>) -> R
         }
         b.push_str("</table></div>");
     }
-    b.push_str("<div class=\"pager\">");
-    if before.is_some() {
-        b.push_str("<a href=\"/admin/operations\">« Newest</a>");
-    }
-    if let (true, Some(last)) = (more, ops.last()) {
-        let _ = write!(
-            b,
-            "<a id=\"older\" href=\"/admin/operations?before={}\">Older »</a>",
-            last.id
-        );
-    }
-    b.push_str("</div>");
+    let next = match (more, ops.last()) {
+        (true, Some(last)) => Some(format!("/admin/operations?before={}", last.id)),
+        _ => None,
+    };
+    b.push_str(&pager(
+        before
+            .is_some()
+            .then_some(("/admin/operations", "« Newest")),
+        next.as_deref().map(|h| ("older", h, "Older »")),
+    ));
     Ok(page(
         200,
         "Operations",
