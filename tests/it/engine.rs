@@ -111,19 +111,7 @@ fn unauthorized_cancels_invalidates_the_credential_and_a_new_secret_is_used() {
     let p = MockProvider::start();
     p.script("/me", vec![Step::status(401)]);
     let env = TestEnv::new();
-    env.store
-        .write(|tx| {
-            accounts::put_credential(
-                tx,
-                "acme",
-                "mail",
-                "old-secret-1",
-                "Authorization",
-                "Bearer {secret}",
-                1,
-            )
-        })
-        .unwrap();
+    env.put_bearer("acme", "mail", "old-secret-1");
     let engine = env.engine();
     let mut job = fast_job("acme", &p.url("/me"));
     job.provider = "mail".into();
@@ -145,19 +133,7 @@ fn unauthorized_cancels_invalidates_the_credential_and_a_new_secret_is_used() {
     assert_eq!(p.count("/me"), 1);
     assert_eq!(notifications(&env, "reauthorize"), 1, "one per credential");
     // A new secret: the next job carries it.
-    env.store
-        .write(|tx| {
-            accounts::put_credential(
-                tx,
-                "acme",
-                "mail",
-                "new-secret-2",
-                "Authorization",
-                "Bearer {secret}",
-                2,
-            )
-        })
-        .unwrap();
+    env.put_bearer("acme", "mail", "new-secret-2");
     let third = env.insert(&job);
     engine.shared().wake();
     wait_for(10, "third succeeded", || env.state(third) == "succeeded");
@@ -566,19 +542,7 @@ fn a_credential_replaced_by_another_process_is_used_by_the_next_job() {
     // Workers cache what preflight reads; a commit by another process must drop it.
     let p = MockProvider::start();
     let env = TestEnv::new();
-    env.store
-        .write(|tx| {
-            accounts::put_credential(
-                tx,
-                "acme",
-                "mail",
-                "first-secret",
-                "Authorization",
-                "Bearer {secret}",
-                1,
-            )
-        })
-        .unwrap();
+    env.put_bearer("acme", "mail", "first-secret");
     let engine = env.engine();
     let mut job = fast_job("acme", &p.url("/cred"));
     job.provider = "mail".into();
@@ -702,19 +666,7 @@ fn a_url_outside_the_providers_base_url_is_canceled_before_the_credential_is_sen
         "[providers.pay]\nbase_url = \"http://127.0.0.1:{}\"\n",
         free_port()
     ));
-    env.store
-        .write(|tx| {
-            accounts::put_credential(
-                tx,
-                "acme",
-                "pay",
-                "sk_live",
-                "Authorization",
-                "Bearer {secret}",
-                1,
-            )
-        })
-        .unwrap();
+    env.put_bearer("acme", "pay", "sk_live");
     let engine = env.engine();
     // Userinfo tricks a string prefix check; the parsed host is the mock's.
     let base = env.config.provider("pay").base_urls[0].clone();
@@ -738,21 +690,7 @@ fn a_401_to_a_deleted_secret_does_not_condemn_the_secret_stored_after_it() {
     // Regression: versions restarted at 1 after a DELETE, so a late 401 to the old secret
     // matched the new credential's version.
     let env = TestEnv::new();
-    let put = |secret: &str| {
-        env.store
-            .write(|tx| {
-                accounts::put_credential(
-                    tx,
-                    "acme",
-                    "mail",
-                    secret,
-                    "Authorization",
-                    "Bearer {secret}",
-                    1,
-                )
-            })
-            .unwrap()
-    };
+    let put = |secret: &str| env.put_bearer("acme", "mail", secret);
     let version = |env: &TestEnv| {
         accounts::credential(&env.store.read().unwrap(), "acme", "mail")
             .unwrap()

@@ -330,6 +330,23 @@ impl TestEnv {
             .id
     }
 
+    /// Stores `secret` for (account, provider), sent as `Authorization: Bearer <secret>`.
+    pub fn put_bearer(&self, account: &str, provider: &str, secret: &str) {
+        self.store
+            .write(|tx| {
+                errand::store::accounts::put_credential(
+                    tx,
+                    account,
+                    provider,
+                    secret,
+                    "Authorization",
+                    "Bearer {secret}",
+                    1,
+                )
+            })
+            .expect("put credential");
+    }
+
     pub fn job(&self, id: i64) -> errand::job::Job {
         jobs::get(&self.store.read().expect("read"), id).expect("job")
     }
