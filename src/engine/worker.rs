@@ -174,13 +174,11 @@ struct LazyConn<'a> {
 
 impl LazyConn<'_> {
     fn get(&mut self) -> Result<&rusqlite::Connection> {
-        if self.conn.is_none() {
-            self.conn = Some(self.shared.store.read()?);
-        }
-        match &self.conn {
-            Some(c) => Ok(c),
-            None => Err(crate::error::Error::ShuttingDown),
-        }
+        let conn = match self.conn.take() {
+            Some(c) => c,
+            None => self.shared.store.read()?,
+        };
+        Ok(self.conn.insert(conn))
     }
 }
 
