@@ -13,6 +13,16 @@ use crate::store::{channels, jobs, outbox};
 /// Rows per transaction.
 const BATCH: usize = 1000;
 
+/// Checks an event payload against `channel`'s schema from the config (any JSON object
+/// when the channel has none). The error names the field.
+pub fn check_payload(config: &Config, channel: &str, payload: &Value) -> Result<()> {
+    match config.channels.get(channel) {
+        Some(section) => crate::channel::Schema::from_config(channel, section)?.check(payload),
+        None if payload.is_object() => Ok(()),
+        None => Err(Error::invalid("payload", "must be a JSON object")),
+    }
+}
+
 /// Validates and publishes an event payload on `channel` (API and outbox alike): checks
 /// the channel's schema from the config, then creates the deliveries.
 pub fn publish(
@@ -23,11 +33,7 @@ pub fn publish(
     now: i64,
 ) -> Result<Vec<i64>> {
     crate::spec::check_name("channel", channel)?;
-    if let Some(section) = config.channels.get(channel) {
-        crate::channel::Schema::from_config(channel, section)?.check(payload)?;
-    } else if !payload.is_object() {
-        return Err(Error::invalid("payload", "must be a JSON object"));
-    }
+    check_payload(config, channel, payload)?;
     channels::publish(conn, channel, payload, now)
 }
 

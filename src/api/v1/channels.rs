@@ -67,17 +67,15 @@ pub fn publish(api: &Api, req: &Req, p: &Params) -> Answer {
     };
     // A payload the schema refuses is a semantic error: 422, naming the field.
     let config = api.shared.config.clone();
-    if let Some(section) = config.channels.get(&channel) {
-        let check =
-            crate::channel::Schema::from_config(&channel, section).and_then(|s| s.check(&payload));
-        if let Err(Error::Invalid { field, message }) = check {
-            return Reply::json(
-                422,
-                &json!({"error": {"code": "schema", "field": field,
-                                  "message": format!("{field}: {message}")}}),
-            )
-            .into();
-        }
+    if let Err(Error::Invalid { field, message }) =
+        crate::engine::outbox::check_payload(&config, &channel, &payload)
+    {
+        return Reply::json(
+            422,
+            &json!({"error": {"code": "schema", "field": field,
+                              "message": format!("{field}: {message}")}}),
+        )
+        .into();
     }
     let now = api.shared.now();
     let ch = channel.clone();
