@@ -6,7 +6,10 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::{answer, job_id, limit, object, opt_str, prefer_wait, write};
+use super::{
+    answer, idempotency_key, job_id, key_in_use, key_reused, limit, object, opt_str, prefer_wait,
+    write,
+};
 use crate::api::park::{Wait, WaitKind};
 use crate::api::request::constant_time_eq;
 use crate::api::routes::{api_token_ok, Params};
@@ -109,20 +112,9 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
         Ok(j) => j,
         Err(e) => return Reply::from_error(&e).into(),
     };
-    let key = match req.header("idempotency-key") {
-        None => None,
-        Some(k)
-            if !k.is_empty() && k.len() <= 200 && k.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
-        {
-            Some(k.to_string())
-        }
-        Some(_) => {
-            return Reply::from_error(&Error::invalid(
-                "Idempotency-Key",
-                "must be 1 to 200 printable ASCII characters",
-            ))
-            .into()
-        }
+    let key = match idempotency_key(req) {
+        Ok(k) => k,
+        Err(r) => return r.into(),
     };
     let now = api.shared.now();
     let Some(key) = key else {
@@ -150,13 +142,7 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
         };
     };
     let Some(_claim) = api.claim_key(&job.account, &key) else {
-        return Reply::error(
-            409,
-            "idempotency_key_in_use",
-            "Idempotency-Key: a request with this key is still being processed; retry it shortly",
-        )
-        .header("Retry-After", "1")
-        .into();
+        return key_in_use().into();
     };
     let hash = format!("{:x}", Sha256::digest(body.to_string().as_bytes()));
     let account = job.account.clone();
@@ -175,12 +161,7 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
     let replayed = vec![("Idempotent-Replayed".to_string(), "true".to_string())];
     match outcome {
         Err(e) => Reply::from_error(&e).into(),
-        Ok(Keyed::Mismatch) => Reply::error(
-            422,
-            "idempotency_key_reused",
-            "Idempotency-Key: this key was already used with a different body; use a new key for a new request",
-        )
-        .into(),
+        Ok(Keyed::Mismatch) => key_reused().into(),
         Ok(Keyed::Created(id)) => match read(api, id) {
             Ok(job) => {
                 api.shared.wake();

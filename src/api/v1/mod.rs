@@ -105,3 +105,39 @@ pub(crate) fn limit(req: &Req, default: i64) -> Result<i64> {
             .ok_or_else(|| Error::invalid("limit", "must be a whole number from 1 to 1000")),
     }
 }
+
+/// The incoming `Idempotency-Key` header (SPEC §4): None without one, a 400 when it is
+/// not 1 to 200 printable ASCII characters.
+pub(crate) fn idempotency_key(req: &Req) -> std::result::Result<Option<String>, Reply> {
+    match req.header("idempotency-key") {
+        None => Ok(None),
+        Some(k)
+            if !k.is_empty() && k.len() <= 200 && k.bytes().all(|b| (0x20..0x7f).contains(&b)) =>
+        {
+            Ok(Some(k.to_string()))
+        }
+        Some(_) => Err(Reply::from_error(&Error::invalid(
+            "Idempotency-Key",
+            "must be 1 to 200 printable ASCII characters",
+        ))),
+    }
+}
+
+/// 409: a request with the same key is still being written.
+pub(crate) fn key_in_use() -> Reply {
+    Reply::error(
+        409,
+        "idempotency_key_in_use",
+        "Idempotency-Key: a request with this key is still being processed; retry it shortly",
+    )
+    .header("Retry-After", "1")
+}
+
+/// 422: the key was used before with a different body.
+pub(crate) fn key_reused() -> Reply {
+    Reply::error(
+        422,
+        "idempotency_key_reused",
+        "Idempotency-Key: this key was already used with a different body; use a new key for a new request",
+    )
+}

@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::{answer, prefer_wait, write};
+use super::{answer, idempotency_key, key_in_use, key_reused, prefer_wait, write};
 use crate::api::park::{Wait, WaitKind};
 use crate::api::request::constant_time_eq;
 use crate::api::routes::{api_token_ok, Params};
@@ -99,28 +99,14 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
         Err(e) => return Reply::from_error(&e).into(),
     };
     let now = api.shared.now();
-    let key = req.header("idempotency-key").map(str::to_string);
-    if let Some(k) = &key {
-        if k.is_empty() || k.len() > 200 || !k.bytes().all(|b| (0x20..0x7f).contains(&b)) {
-            return Reply::from_error(&Error::invalid(
-                "Idempotency-Key",
-                "must be 1 to 200 printable ASCII characters",
-            ))
-            .into();
-        }
-    }
+    let key = match idempotency_key(req) {
+        Ok(k) => k,
+        Err(r) => return r.into(),
+    };
     let claim = match &key {
         Some(k) => match api.claim_key(&account, &format!("{KEY_PREFIX}{k}")) {
             Some(c) => Some(c),
-            None => {
-                return Reply::error(
-                    409,
-                    "idempotency_key_in_use",
-                    "Idempotency-Key: a request with this key is still being processed; retry it shortly",
-                )
-                .header("Retry-After", "1")
-                .into()
-            }
+            None => return key_in_use().into(),
         },
         None => None,
     };
@@ -146,12 +132,7 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
     drop(claim);
     match r {
         Err(e) => Reply::from_error(&e).into(),
-        Ok(None) => Reply::error(
-            422,
-            "idempotency_key_reused",
-            "Idempotency-Key: this key was already used with a different body; use a new key for a new request",
-        )
-        .into(),
+        Ok(None) => key_reused().into(),
         Ok(Some((id, replayed))) => {
             api.shared.wake();
             let headers = if replayed {
