@@ -379,3 +379,53 @@ fn the_reaper_and_lease_queries_find_running_jobs_through_the_state_index() {
         );
     }
 }
+
+#[test]
+fn prune_deletes_finished_jobs_and_attempts_past_retention_and_keeps_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("errand.db");
+    let store = Store::open(&db, Default::default()).unwrap();
+    let day = 86_400_000i64;
+    let now = errand::clock::Clock::now_ms(&errand::clock::SystemClock);
+    let (old, recent, pending) = store
+        .write(|tx| {
+            let mut ids = vec![];
+            for _ in 0..3 {
+                ids.push(jobs::insert(tx, &NewJob::get("acme", "http://h/"), now)?.id);
+            }
+            for (id, finished) in [(ids[0], now - 10 * day), (ids[1], now - day / 2)] {
+                tx.execute("UPDATE jobs SET state = 'running' WHERE id = ?1", [id])?;
+                tx.execute(
+                    "UPDATE jobs SET state = 'succeeded', finished_at = ?2 WHERE id = ?1",
+                    [id, finished],
+                )?;
+                tx.execute(
+                    "INSERT INTO attempts (job_id, attempt, started_at, duration_ms, outcome, request_method, request_url)
+                     VALUES (?1, 1, ?2, 1, 'success', 'GET', 'http://h/')",
+                    [id, finished],
+                )?;
+            }
+            Ok((ids[0], ids[1], ids[2]))
+        })
+        .unwrap();
+    drop(store);
+    std::fs::write(dir.path().join("c.toml"), "[retention]\njobs_days = 1\n").unwrap();
+    let (code, out, err) = run_cli(dir.path(), &["--config", "c.toml", "prune"], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("pruned 1 finished jobs and 1 attempt rows"),
+        "{out}"
+    );
+    let store = Store::open(&db, Default::default()).unwrap();
+    let conn = store.read().unwrap();
+    assert!(jobs::find(&conn, old).unwrap().is_none());
+    assert!(jobs::find(&conn, recent).unwrap().is_some());
+    assert!(
+        jobs::find(&conn, pending).unwrap().is_some(),
+        "unfinished jobs are never pruned"
+    );
+    let attempts: i64 = conn
+        .query_row("SELECT COUNT(*) FROM attempts", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(attempts, 1);
+}
