@@ -375,14 +375,39 @@ impl Config {
 
     fn parse_toml(text: &str, path: &Path) -> Result<RawConfig> {
         toml::from_str::<RawConfig>(text).map_err(|e| {
-            let msg = e.message().to_string();
-            let key = e
-                .span()
-                .and_then(|s| text.get(s))
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty() && s.len() < 80)
-                .unwrap_or_else(|| path.display().to_string());
-            bad(&key, msg)
+            // Name the key (the span, or the key of the line it points into) or else the
+            // line. Never echo a value from the file: it may be the API token, so a value
+            // quoted in the parser's message is masked too.
+            let looks_like_key = |s: &str| {
+                !s.is_empty()
+                    && s.len() < 80
+                    && s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '[')
+                    && s.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_-.[]".contains(c))
+            };
+            let mut msg = e.message().to_string();
+            let key = e.span().and_then(|span| {
+                let start = text.get(..span.start)?;
+                let line_no = start.matches('\n').count() + 1;
+                let line_start = start.rfind('\n').map_or(0, |i| i + 1);
+                let line = text.get(line_start..)?.lines().next().unwrap_or("");
+                let spanned = text.get(span).map(str::trim).unwrap_or("");
+                if spanned.len() >= 3 && !looks_like_key(spanned) {
+                    msg = msg.replace(spanned, "<value>");
+                }
+                let line_key = line.split_once('=').map(|(k, _)| k.trim());
+                Some(
+                    match (
+                        looks_like_key(spanned),
+                        line_key.filter(|k| looks_like_key(k)),
+                    ) {
+                        (true, _) => spanned.to_string(),
+                        (false, Some(k)) => k.to_string(),
+                        (false, None) => format!("{} line {line_no}", path.display()),
+                    },
+                )
+            });
+            bad(&key.unwrap_or_else(|| path.display().to_string()), msg)
         })
     }
 
@@ -681,6 +706,19 @@ schema = { required = ["to", "subject"], properties = { to = "string", subject =
             "https://api.example.com/a/b",
             "https://api.example.com/a"
         ));
+    }
+
+    #[test]
+    fn a_syntax_error_never_echoes_a_value_from_the_file() {
+        let e = Config::from_toml("workers = 2\napi_token = \"s3cret-token-value-123\nx = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("s3cret"), "{e}");
+        let e = Config::from_toml("api_token = 12345678901234567890")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("12345678901234567890"), "{e}");
+        assert!(e.contains("api_token"), "{e}");
     }
 
     #[test]
