@@ -179,6 +179,15 @@ fn sigkill_between_steps_resumes_at_the_next_step_without_resending_completed_on
     assert_eq!(p.count("/receipts"), 1);
 }
 
+/// The reason of the one row in `outbox_rejected`.
+fn rejected_reason(env: &TestEnv) -> String {
+    env.store
+        .read()
+        .unwrap()
+        .query_row("SELECT reason FROM outbox_rejected", [], |r| r.get(0))
+        .unwrap()
+}
+
 fn python_sqlite(db: &std::path::Path, script: &str) {
     let out = std::process::Command::new("python3")
         .arg("-c")
@@ -225,12 +234,7 @@ db.execute("INSERT INTO outbox (payload) VALUES ('{{not json')")
     wait_for(2, "the bad row is rejected", || {
         env.count_sql("SELECT COUNT(*) FROM outbox_rejected") == 1
     });
-    let reason: String = env
-        .store
-        .read()
-        .unwrap()
-        .query_row("SELECT reason FROM outbox_rejected", [], |r| r.get(0))
-        .unwrap();
+    let reason = rejected_reason(&env);
     assert!(reason.contains("not valid JSON"), "{reason}");
     assert_eq!(env.count_sql("SELECT COUNT(*) FROM outbox"), 0);
     // A few more data_version polls: the rolled-back row never appears.
@@ -557,12 +561,7 @@ db.execute("INSERT INTO outbox (payload, created_at) VALUES (?, 'yesterday')", (
     wait_for(5, "the blob is rejected", || {
         env.count_sql("SELECT COUNT(*) FROM outbox_rejected") == 1
     });
-    let reason: String = env
-        .store
-        .read()
-        .unwrap()
-        .query_row("SELECT reason FROM outbox_rejected", [], |r| r.get(0))
-        .unwrap();
+    let reason = rejected_reason(&env);
     assert!(reason.contains("BLOB"), "{reason}");
     assert_eq!(env.count_sql("SELECT COUNT(*) FROM outbox"), 0);
     engine.shutdown(Duration::from_secs(5));

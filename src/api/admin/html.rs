@@ -111,6 +111,15 @@ pub fn post_button(
     f
 }
 
+/// A link to the jobs of `account`, escaped.
+pub fn account_link(account: &str) -> String {
+    format!(
+        "<a href=\"/admin/jobs?account={}\">{}</a>",
+        url_enc(account),
+        esc(account)
+    )
+}
+
 /// The paging links under a list: back to the first page (`first`: href, label) when
 /// not on it, and on to the next (`next`: element id, href, label) when there is one.
 /// Hrefs are given escaped.

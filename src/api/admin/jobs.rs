@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::html::{badge, clip, esc, page, pager, post_button, url_enc, when};
+use super::html::{account_link, badge, clip, esc, page, pager, post_button, url_enc, when};
 use super::session::Session;
 use crate::api::{Api, Reply, Req};
 use crate::error::Result;
@@ -167,14 +167,7 @@ pub(super) fn detail(api: &Api, id: i64, s: &Session, notice: Option<&str>) -> R
     let mut field = |k: &str, v: String| {
         let _ = write!(b, "<dt>{}</dt><dd>{v}</dd>", esc(k));
     };
-    field(
-        "account",
-        format!(
-            "<a href=\"/admin/jobs?account={}\">{}</a>",
-            url_enc(&job.account),
-            esc(&job.account)
-        ),
-    );
+    field("account", account_link(&job.account));
     field("provider", esc(&job.provider));
     if let Some(op) = job.operation_id {
         field(

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 
 use serde_json::Value;
 
-use super::html::{badge, esc, page, pager, url_enc, when};
+use super::html::{account_link, badge, esc, page, pager, url_enc, when};
 use super::session::Session;
 use crate::api::{Api, Reply, Req};
 use crate::error::Result;
@@ -102,14 +102,7 @@ pub(super) fn detail(api: &Api, id: i64, s: &Session, notice: Option<&str>) -> R
     let mut field = |k: &str, v: String| {
         let _ = write!(b, "<dt>{}</dt><dd>{v}</dd>", esc(k));
     };
-    field(
-        "account",
-        format!(
-            "<a href=\"/admin/jobs?account={}\">{}</a>",
-            url_enc(&op.account),
-            esc(&op.account)
-        ),
-    );
+    field("account", account_link(&op.account));
     field(
         "steps done",
         format!("{} of {}", op.completed, op.steps.len()),
