@@ -26,6 +26,7 @@ struct Drained {
     per_s: f64,
     /// CPU time of the whole process (engine and target) per job, in microseconds.
     cpu_us: f64,
+    split: super::report::CpuSplit,
     attempts: i64,
 }
 
@@ -43,17 +44,20 @@ fn drain_once(
     enqueue_up_front(store, account, url, n, now)?;
     let cfg = Arc::new(config(store.path(), workers, sync));
     let cpu = cpu_time();
+    let threads = super::thread_cpu();
     let start = Instant::now();
     let engine = Engine::start(store.clone(), cfg, Arc::new(SystemClock))?;
     let waited = super::wait_for_successes(&engine, n as u64, "drain");
     let elapsed = start.elapsed();
     let cpu = cpu_time().zip(cpu).map(|(b, a)| b.saturating_sub(a));
+    let split = super::cpu_split(&threads, &super::thread_cpu(), n);
     engine.shutdown(GRACE);
     waited?;
     let attempts = check_all_succeeded(store, account, n)?;
     Ok(Drained {
         per_s: n as f64 / elapsed.as_secs_f64(),
         cpu_us: cpu.map_or(0.0, |c| c.as_secs_f64() * 1e6 / n as f64),
+        split,
         attempts,
     })
 }
@@ -103,6 +107,7 @@ pub fn drain(
     let mut raw_runs = Vec::new();
     let mut cpu = Vec::new();
     let mut raw_cpu = Vec::new();
+    let mut splits = Vec::new();
     let mut attempts = 0;
     for run in 0..opts.runs {
         let (store, path) = ws.fresh(opts.synchronous)?;
@@ -127,6 +132,7 @@ pub fn drain(
         ));
         errand.push(d.per_s);
         cpu.push(d.cpu_us);
+        splits.push(d.split);
         raw_runs.push(r);
         raw_cpu.push(r_cpu);
     }
@@ -140,6 +146,7 @@ pub fn drain(
         attempt_rows: attempts,
         cpu_us_per_job: median(&cpu),
         raw_cpu_us_per_req: median(&raw_cpu),
+        cpu_split: super::report::CpuSplit::median(&splits),
         runs: errand,
         raw_runs,
     })

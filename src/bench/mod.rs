@@ -377,6 +377,58 @@ fn cpu_time() -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
+/// CPU time (user + system) of each live thread of this process, by thread id, with its
+/// name: `/proc/self/task/*/stat`, in clock ticks of 10 ms.
+fn thread_cpu() -> std::collections::HashMap<u64, (String, u64)> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(tid) = entry.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        let mut f = stat[close + 2..].split_whitespace().skip(11);
+        let ticks = f.next().and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+            + f.next().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+        out.insert(tid, (name, ticks));
+    }
+    out
+}
+
+/// Where a drain's CPU went, per job, by the role of the thread that used it.
+fn cpu_split(
+    before: &std::collections::HashMap<u64, (String, u64)>,
+    after: &std::collections::HashMap<u64, (String, u64)>,
+    jobs: usize,
+) -> report::CpuSplit {
+    let mut split = report::CpuSplit::default();
+    for (tid, (name, ticks)) in after {
+        let used = ticks - before.get(tid).map_or(0, |b| b.1.min(*ticks));
+        let us = used as f64 * 10_000.0 / jobs.max(1) as f64;
+        let slot = if name.starts_with("errand-writer") {
+            &mut split.writer_us
+        } else if name.starts_with("errand-schedul") {
+            &mut split.scheduler_us
+        } else if name.starts_with("errand-worker") {
+            &mut split.workers_us
+        } else if name.starts_with("bench-target") {
+            &mut split.target_us
+        } else {
+            &mut split.other_us
+        };
+        *slot += us;
+    }
+    split
+}
+
 /// Peak resident memory of this process so far (VmHWM), in MiB.
 fn peak_rss_mib() -> Option<f64> {
     status_kib("VmHWM").map(|k| k as f64 / 1024.0)

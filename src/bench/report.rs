@@ -78,8 +78,36 @@ pub struct DrainReport {
     /// request: steadier than jobs/s when the machine is shared.
     pub cpu_us_per_job: f64,
     pub raw_cpu_us_per_req: f64,
+    /// That CPU per job by thread (medians over runs): where a drain's time goes.
+    pub cpu_split: CpuSplit,
     pub runs: Vec<f64>,
     pub raw_runs: Vec<f64>,
+}
+
+/// CPU microseconds per job, by the role of the thread that used them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CpuSplit {
+    pub writer_us: f64,
+    pub scheduler_us: f64,
+    pub workers_us: f64,
+    /// The in-process target's threads.
+    pub target_us: f64,
+    /// Everything else (the supervisor, the bench itself).
+    pub other_us: f64,
+}
+
+impl CpuSplit {
+    /// The median of each field over `runs`.
+    pub fn median(runs: &[CpuSplit]) -> CpuSplit {
+        let m = |f: fn(&CpuSplit) -> f64| super::median(&runs.iter().map(f).collect::<Vec<_>>());
+        CpuSplit {
+            writer_us: m(|c| c.writer_us),
+            scheduler_us: m(|c| c.scheduler_us),
+            workers_us: m(|c| c.workers_us),
+            target_us: m(|c| c.target_us),
+            other_us: m(|c| c.other_us),
+        }
+    }
 }
 
 /// The drain at FULL (the main figure with `--synchronous full`) against NORMAL.
@@ -351,6 +379,14 @@ impl Report {
                 format!(
                     "{:.0} us / {:.0} us (whole process, target included)",
                     d.cpu_us_per_job, d.raw_cpu_us_per_req
+                ),
+            );
+            let c = &d.cpu_split;
+            row(
+                "   CPU per job by thread",
+                format!(
+                    "writer {:.0}, scheduler {:.0}, workers {:.0}, target {:.0}, other {:.0} us",
+                    c.writer_us, c.scheduler_us, c.workers_us, c.target_us, c.other_us
                 ),
             );
         }

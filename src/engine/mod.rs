@@ -2,13 +2,15 @@
 //!
 //! ```text
 //!  API / outbox / other process ──commit──▶ SQLite ◀──claim── scheduler ──Job──▶ workers (N)
-//!                                              ▲                  ▲ wake            │ Finished
-//!                                              └──── writer (group commit) ◀────────┘
+//!                                              ▲                                    │ Finished
+//!                                              └── writer (group commit, claims) ◀──┘
 //!  supervisor: heartbeats, thread restarts, lease extension, reaper, pruning
 //! ```
 //!
-//! Invariants: only workers do network I/O; only the writer commits job outcomes; the
-//! scheduler is the only claimant; every state change is guarded by the expected state.
+//! Invariants: only workers do network I/O; only the writer commits job outcomes; claims
+//! go through one pass ([`scheduler::Claim`]), run by the scheduler in its own transaction
+//! or by the writer after a batch of outcomes; every state change is guarded by the
+//! expected state.
 
 pub mod alerts;
 pub mod decide;
@@ -91,6 +93,37 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The state of an engine whose threads are not started yet (tests drive its parts).
+    pub(crate) fn new(store: Arc<Store>, config: Arc<Config>, clock: SharedClock) -> Shared {
+        let workers = config.workers;
+        let (wake_tx, wake_rx) = bounded(1);
+        let (job_tx, job_rx) = bounded(scheduler::queue_depth(workers));
+        let (write_tx, write_rx) = bounded(16 * 1024);
+        Shared {
+            agent: crate::http_call::agent(workers),
+            limits: limits::Limits::new(config.clone()),
+            store,
+            config,
+            clock,
+            owner: owner_id(),
+            shutdown: AtomicBool::new(false),
+            wake_tx,
+            wake_rx,
+            job_tx,
+            job_rx,
+            writer: writer::WriterHandle::new(write_tx),
+            write_rx,
+            writer_stop: AtomicBool::new(false),
+            outstanding: AtomicUsize::new(0),
+            waiters: waiters::Waiters::default(),
+            metrics: metrics::Metrics::default(),
+            faults: Faults::default(),
+            scheduler_beat: Heartbeat::default(),
+            writer_beat: Heartbeat::default(),
+            scheduler_generation: AtomicUsize::new(0),
+        }
+    }
+
     /// Wakes the scheduler now (a new job, a freed worker).
     pub fn wake(&self) {
         let _ = self.wake_tx.try_send(());
@@ -104,12 +137,6 @@ impl Shared {
     /// The current time of the engine clock.
     pub fn now(&self) -> i64 {
         self.clock.now_ms()
-    }
-
-    /// How many more jobs the scheduler may claim: one queued per worker beyond the
-    /// ones running, so a freed worker never waits for a claim.
-    fn capacity(&self) -> usize {
-        (2 * self.config.workers).saturating_sub(self.outstanding.load(Ordering::SeqCst))
     }
 }
 
@@ -145,32 +172,7 @@ impl Engine {
     /// a dead predecessor on this host are recovered at once.
     pub fn start(store: Arc<Store>, config: Arc<Config>, clock: SharedClock) -> Result<Engine> {
         let workers = config.workers;
-        let (wake_tx, wake_rx) = bounded(1);
-        let (job_tx, job_rx) = bounded(2 * workers);
-        let (write_tx, write_rx) = bounded(16 * 1024);
-        let shared = Arc::new(Shared {
-            agent: crate::http_call::agent(workers),
-            limits: limits::Limits::new(config.clone()),
-            store,
-            config,
-            clock,
-            owner: owner_id(),
-            shutdown: AtomicBool::new(false),
-            wake_tx,
-            wake_rx,
-            job_tx,
-            job_rx,
-            writer: writer::WriterHandle::new(write_tx),
-            write_rx,
-            writer_stop: AtomicBool::new(false),
-            outstanding: AtomicUsize::new(0),
-            waiters: waiters::Waiters::default(),
-            metrics: metrics::Metrics::default(),
-            faults: Faults::default(),
-            scheduler_beat: Heartbeat::default(),
-            writer_beat: Heartbeat::default(),
-            scheduler_generation: AtomicUsize::new(0),
-        });
+        let shared = Arc::new(Shared::new(store, config, clock));
         let now = shared.now();
         shared.scheduler_beat.beat(now);
         shared.writer_beat.beat(now);

@@ -8,10 +8,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use std::collections::HashSet;
+
 use crossbeam_channel::select;
+use rusqlite::Connection;
 
 use super::Shared;
 use crate::error::Result;
+use crate::job::Job;
 use crate::store::{accounts, engine};
 
 /// How often the loop looks at `PRAGMA data_version` for commits by other processes
@@ -89,27 +93,75 @@ fn run(shared: &Shared, generation: usize) {
 }
 
 /// One scheduler pass at `now`: claims due jobs up to the free capacity (respecting
-/// pauses and provider limits) and hands them to the workers. Returns when the next
-/// job becomes due, if the pass did not fill the capacity. Tests call it directly.
+/// pauses and provider limits) in its own transaction and hands them to the workers.
+/// Returns when the next job becomes due, if the pass did not fill the capacity. Tests
+/// call it directly.
 pub fn run_once(shared: &Shared, now: i64) -> Result<Option<i64>> {
-    if shared.shutting_down() {
+    let Some(mut claim) = Claim::reserve(shared) else {
         return Ok(None);
-    }
-    let capacity = shared.capacity();
-    if capacity == 0 {
-        return Ok(None);
-    }
-    {
-        let conn = shared.store.read()?;
-        if accounts::global_paused(&conn)? {
-            return Ok(None);
+    };
+    // Dropped without dispatch (the transaction failed), the claim gives its slots back.
+    shared.store.write_quiet(|tx| claim.run(tx, now))?;
+    Ok(claim.dispatch(now))
+}
+
+/// The most jobs claimed and not yet handed to the writer: the running ones, plus a
+/// queue of at least 64 (or one per worker) so that a claim and the outcomes it waits
+/// for are written in batches of dozens, not a few (one transaction's fixed cost is
+/// spread over many jobs), and a freed worker never waits for a claim.
+pub(super) fn queue_depth(workers: usize) -> usize {
+    workers + workers.max(64)
+}
+
+/// A claim pass in the making: worker slots reserved, then jobs claimed inside a write
+/// transaction, then, once it commits, handed out ([`Claim::dispatch`]) or, if it does
+/// not, given back (when it is dropped). The scheduler runs one in its own transaction;
+/// the writer runs one at the end of every batch of outcomes, in the batch's transaction,
+/// so a busy engine claims and records in one commit.
+pub(super) struct Claim<'s> {
+    shared: &'s Shared,
+    /// Worker slots taken from `outstanding` for this pass.
+    reserved: usize,
+    jobs: Vec<Job>,
+    /// Jobs whose provider limits admitted them (their slots go back if not claimed).
+    admitted: Vec<(i64, String)>,
+    next: Option<i64>,
+}
+
+impl<'s> Claim<'s> {
+    /// Reserves every free slot of the queue ([`queue_depth`]), so two claimants can
+    /// never overfill it. None when there is
+    /// no free slot or shutdown has begun.
+    pub(super) fn reserve(shared: &'s Shared) -> Option<Claim<'s>> {
+        if shared.shutting_down() {
+            return None;
         }
+        let most = queue_depth(shared.config.workers);
+        let mut reserved = 0;
+        let _ = shared
+            .outstanding
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |o| {
+                reserved = most.saturating_sub(o);
+                (reserved > 0).then_some(most.max(o))
+            });
+        (reserved > 0).then_some(Claim {
+            shared,
+            reserved,
+            jobs: Vec::new(),
+            admitted: Vec::new(),
+            next: None,
+        })
     }
-    let blocked = shared.limits.blocked_providers(now);
-    let lease_until = now + shared.config.lease_ms;
-    // Slots taken from the limits, given back below if the claim does not commit.
-    let mut admitted: Vec<(i64, String)> = Vec::new();
-    let result = shared.store.write_quiet(|tx| {
+
+    /// Claims up to the reserved number of due jobs in `tx`.
+    pub(super) fn run(&mut self, tx: &Connection, now: i64) -> Result<()> {
+        let shared = self.shared;
+        if accounts::global_paused(tx)? {
+            return Ok(());
+        }
+        let blocked = shared.limits.blocked_providers(now);
+        let lease_until = now + shared.config.lease_ms;
+        let capacity = self.reserved;
         let candidates = engine::due_candidates(tx, now, capacity * 2 + 16)?;
         let mut ids = Vec::with_capacity(capacity);
         for c in &candidates {
@@ -120,36 +172,51 @@ pub fn run_once(shared: &Shared, now: i64) -> Result<Option<i64>> {
                 continue;
             }
             ids.push(c.id);
-            admitted.push((c.id, c.provider.clone()));
+            self.admitted.push((c.id, c.provider.clone()));
         }
-        let jobs = engine::claim(tx, &ids, &shared.owner, lease_until, now)?;
-        let next = if jobs.len() < capacity {
+        self.jobs = engine::claim(tx, &ids, &shared.owner, lease_until, now)?;
+        self.next = if self.jobs.len() < capacity {
             engine::next_due_at(tx)?
         } else {
             None
         };
-        Ok((jobs, next))
-    });
-    // Slots taken for jobs another process claimed first, or for a claim that did not
-    // commit, are given back (a leaked half-open probe would block the provider).
-    let claimed_ids: Vec<i64> = match &result {
-        Ok((jobs, _)) => jobs.iter().map(|j| j.id).collect(),
-        Err(_) => Vec::new(),
-    };
-    for (id, provider) in &admitted {
-        if !claimed_ids.contains(id) {
-            shared.limits.unadmit(provider);
-        }
+        Ok(())
     }
-    let (claimed, next) = result?;
-    let n = claimed.len();
-    shared.outstanding.fetch_add(n, Ordering::SeqCst);
-    for job in claimed {
-        if shared.job_tx.send(job).is_err() {
-            break;
-        }
+
+    /// True when the pass filled every slot it reserved.
+    pub(super) fn filled(&self) -> bool {
+        self.jobs.len() == self.reserved
     }
-    // A job already due but left behind (provider limits) is looked at again shortly;
-    // one left behind for capacity is looked at when a worker frees up and wakes us.
-    Ok(next.map(|t| if t <= now { now + 50 } else { t }))
+
+    /// After the claim committed: hands the jobs to the workers and gives back the slots
+    /// and limit admissions it did not use (jobs another process claimed first). Returns
+    /// when the next job becomes due, if the pass did not fill its slots: a job already
+    /// due but left behind (provider limits) is looked at again shortly; one left behind
+    /// for capacity when a worker frees up.
+    pub(super) fn dispatch(mut self, now: i64) -> Option<i64> {
+        let jobs = std::mem::take(&mut self.jobs);
+        let claimed: HashSet<i64> = jobs.iter().map(|j| j.id).collect();
+        self.admitted.retain(|(id, _)| !claimed.contains(id));
+        self.reserved -= jobs.len();
+        for job in jobs {
+            if self.shared.job_tx.send(job).is_err() {
+                break;
+            }
+        }
+        self.next.map(|t| if t <= now { now + 50 } else { t })
+        // Drop gives back what is left.
+    }
+}
+
+impl Drop for Claim<'_> {
+    /// Gives back the slots and limit admissions not used: all of them when the claim
+    /// did not commit (a leaked half-open probe would block the provider).
+    fn drop(&mut self) {
+        for (_, provider) in &self.admitted {
+            self.shared.limits.unadmit(provider);
+        }
+        self.shared
+            .outstanding
+            .fetch_sub(self.reserved, Ordering::SeqCst);
+    }
 }

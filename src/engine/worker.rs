@@ -63,21 +63,11 @@ fn run(shared: &Shared) {
                     internal_error(&job)
                 })
         };
+        // The slot is free before the outcome reaches the writer, so the claim the writer
+        // runs after writing it can fill the slot.
+        shared.outstanding.fetch_sub(1, Ordering::SeqCst);
         shared.writer.finished(finished);
-        let left = shared.outstanding.fetch_sub(1, Ordering::SeqCst) - 1;
-        if left <= refill_below(shared.config.workers) {
-            shared.wake();
-        }
     }
-}
-
-/// Outstanding jobs (queued or running) at or below which a freed worker wakes the
-/// scheduler. The scheduler keeps up to one job queued per worker; waking it only once
-/// a quarter of that queue has run dry makes each pass claim a batch of at least
-/// `workers / 4` jobs (one write transaction for several jobs, instead of one per
-/// finished job), while three quarters of the queue keep the workers busy meanwhile.
-fn refill_below(workers: usize) -> usize {
-    (2 * workers).saturating_sub((workers / 4).max(1))
 }
 
 fn base(job: &Job, next: Next, error: Option<JobError>, counted: bool) -> Finished {

@@ -1,6 +1,7 @@
 //! The writer thread: commits job outcomes and other writes in batches (group commit),
-//! one `BEGIN IMMEDIATE` transaction per batch and a savepoint per item, so one bad item
-//! cannot sink the batch and throughput is not one commit per job.
+//! one `BEGIN IMMEDIATE` transaction per batch, so throughput is not one commit per job.
+//! Outcomes are written together and fall back to a savepoint each only when one fails;
+//! every other write has its own savepoint. One bad item cannot sink the batch.
 
 use std::any::Any;
 use std::sync::atomic::Ordering;
@@ -11,9 +12,11 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use rusqlite::{Connection, TransactionBehavior};
 
+use super::scheduler::Claim;
 use super::Shared;
 use crate::error::{Error, Result};
 use crate::store::engine::{self, Finished};
+use crate::store::Savepoint;
 
 /// The most items committed in one transaction.
 const MAX_BATCH: usize = 1024;
@@ -126,121 +129,148 @@ fn held_for_review(f: &Finished, e: &Error) -> Finished {
     }
 }
 
-/// Writes the ops of one transaction, moving each into `finished`/`replies` as it is
-/// done. On an error the op being written is left in `current`, and the ops not yet
-/// reached stay in `ops`: nothing is dropped.
-fn apply(
-    tx: &mut rusqlite::Transaction<'_>,
-    ops: &mut std::vec::IntoIter<WriteOp>,
-    current: &mut Option<Box<Finished>>,
-    finished: &mut Vec<(Box<Finished>, bool)>,
-    replies: &mut Vec<(Sender<Result<Boxed>>, Result<Boxed>)>,
-    later: &mut Vec<Finished>,
-    now: i64,
-) -> Result<()> {
-    for op in ops.by_ref() {
-        match op {
-            WriteOp::Finished(f) => {
-                *current = Some(f);
-                let Some(f) = current.as_deref() else {
-                    continue;
-                };
-                let mut sp = tx.savepoint()?;
-                match engine::record(&sp, f, now) {
-                    Ok(applied) => {
-                        sp.commit()?;
-                        if let Some(f) = current.take() {
-                            finished.push((f, applied));
-                        }
-                    }
-                    Err(e) => {
-                        // Never leave the job running under our lease: hold it for a person
-                        // with the attempt logged, without the side effects that failed.
-                        log::error!(
-                            "recording the outcome of job {}: {e}; holding it for review",
-                            f.job_id
-                        );
-                        sp.rollback()?;
-                        let fallback = held_for_review(f, &e);
-                        if engine::record(&sp, &fallback, now).is_ok() {
-                            sp.commit()?;
-                            current.take();
-                            finished.push((Box::new(fallback), true));
-                        } else {
-                            // Not even the hold could be written: try the outcome again in
-                            // the next batch rather than forget it.
-                            drop(sp);
-                            if let Some(f) = current.take() {
-                                later.push(*f);
-                            }
-                        }
-                    }
-                }
+/// What became of one outcome in a committed batch.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Written {
+    /// Written as given; false when the lease had been lost (only the audit row is).
+    As { applied: bool },
+    /// Its side effects failed: written as held for review instead.
+    Held,
+    /// Not even the hold could be written: it goes into the next batch.
+    Later,
+}
+
+/// Records a batch's outcomes. Optimistically all under one savepoint, two statements
+/// per job; if any fails, that savepoint is rolled back and each outcome is written under
+/// its own, so one bad outcome is held for review and cannot sink the others.
+fn record_outcomes(conn: &Connection, outcomes: &[Finished], now: i64) -> Result<Vec<Written>> {
+    if outcomes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let all = Savepoint::new(conn)?;
+    let mut written = Vec::with_capacity(outcomes.len());
+    for f in outcomes {
+        match engine::record(conn, f, now) {
+            Ok(applied) => written.push(Written::As { applied }),
+            Err(_) => break,
+        }
+    }
+    if written.len() == outcomes.len() {
+        all.release()?;
+        return Ok(written);
+    }
+    all.rollback_to()?;
+    written.clear();
+    for f in outcomes {
+        let sp = Savepoint::new(conn)?;
+        match engine::record(conn, f, now) {
+            Ok(applied) => {
+                sp.release()?;
+                written.push(Written::As { applied });
             }
-            WriteOp::Exec(f, reply) => {
-                let mut sp = tx.savepoint()?;
-                match f(&sp) {
-                    Ok(v) => {
-                        sp.commit()?;
-                        replies.push((reply, Ok(v)));
-                    }
-                    Err(e) => {
-                        sp.rollback()?;
-                        drop(sp);
-                        let _ = reply.send(Err(e));
-                    }
+            Err(e) => {
+                // Never leave the job running under our lease: hold it for a person
+                // with the attempt logged, without the side effects that failed.
+                log::error!(
+                    "recording the outcome of job {}: {e}; holding it for review",
+                    f.job_id
+                );
+                sp.rollback_to()?;
+                if engine::record(conn, &held_for_review(f, &e), now).is_ok() {
+                    sp.release()?;
+                    written.push(Written::Held);
+                } else {
+                    // Try the outcome again in the next batch rather than forget it.
+                    drop(sp);
+                    written.push(Written::Later);
                 }
             }
         }
     }
-    Ok(())
+    all.release()?;
+    Ok(written)
 }
 
-/// Commits one batch and returns the outcomes to try again in the next one: on a failed
-/// transaction (say, SQLITE_BUSY past the busy timeout) every outcome of the batch — the
-/// written, the one being written and the ones not reached — goes back (their leases are
-/// still held), and every other caller gets the error.
+/// Commits one batch and returns the outcomes to try again in the next one. Outcomes are
+/// written first, then every other write, each under its own savepoint. On a failed
+/// transaction (say, SQLITE_BUSY past the busy timeout) every outcome of the batch goes
+/// back (their leases are still held), and every other caller gets the error.
 fn commit(shared: &Shared, batch: Vec<WriteOp>) -> Vec<Finished> {
     let now = shared.now();
-    let mut finished: Vec<(Box<Finished>, bool)> = Vec::new();
+    let mut outcomes: Vec<Finished> = Vec::new();
+    let mut execs: Vec<(ExecFn, Sender<Result<Boxed>>)> = Vec::new();
+    for op in batch {
+        match op {
+            WriteOp::Finished(f) => outcomes.push(*f),
+            WriteOp::Exec(f, reply) => execs.push((f, reply)),
+        }
+    }
     let mut replies: Vec<(Sender<Result<Boxed>>, Result<Boxed>)> = Vec::new();
-    let mut later: Vec<Finished> = Vec::new();
-    let mut current: Option<Box<Finished>> = None;
-    let mut ops = batch.into_iter();
+    let mut execs = execs.into_iter();
+    // Outcomes free worker slots: refill them in the same transaction.
+    let mut claim = if outcomes.is_empty() {
+        None
+    } else {
+        Claim::reserve(shared)
+    };
     let mut conn = shared.store.writer();
-    let result: Result<()> = (|| {
-        let mut tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        apply(
-            &mut tx,
-            &mut ops,
-            &mut current,
-            &mut finished,
-            &mut replies,
-            &mut later,
-            now,
-        )?;
+    let result: Result<Vec<Written>> = (|| {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let written = record_outcomes(&tx, &outcomes, now)?;
+        for (f, reply) in execs.by_ref() {
+            let sp = Savepoint::new(&tx)?;
+            match f(&tx) {
+                Ok(v) => {
+                    sp.release()?;
+                    replies.push((reply, Ok(v)));
+                }
+                Err(e) => {
+                    drop(sp);
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        if let Some(c) = claim.as_mut() {
+            let sp = Savepoint::new(&tx)?;
+            match c.run(&tx, now) {
+                Ok(()) => sp.release()?,
+                Err(e) => {
+                    log::warn!("writer: claim after a batch failed, the scheduler will: {e}");
+                    drop(sp);
+                    claim = None;
+                }
+            }
+        }
         tx.commit()?;
-        Ok(())
+        Ok(written)
     })();
     drop(conn);
     match result {
-        Ok(()) => {
+        Ok(written) => {
             // Writes from the API (pauses, credentials, ...) and condemned credentials or
             // subscriptions change what preflight reads: workers drop their caches.
             if !replies.is_empty()
-                || finished.iter().any(|(f, _)| {
-                    f.invalidate_credential.is_some() || f.disable_subscription.is_some()
+                || outcomes.iter().zip(&written).any(|(f, w)| {
+                    matches!(w, Written::As { .. })
+                        && (f.invalidate_credential.is_some() || f.disable_subscription.is_some())
                 })
             {
                 shared.store.bump();
             }
-            for (f, applied) in &finished {
+            let mut later = Vec::new();
+            let mut any = false;
+            for (f, w) in outcomes.into_iter().zip(written) {
+                if w == Written::Later {
+                    later.push(f);
+                    continue;
+                }
+                any = true;
                 if let Some(rec) = &f.record {
                     shared
                         .metrics
                         .attempt(&f.provider, rec.outcome, rec.duration_ms);
                 }
-                if !applied {
+                if w == (Written::As { applied: false }) {
                     log::warn!(
                         "job {}: lease lost before its outcome was written; the attempt is logged, the job was taken back",
                         f.job_id
@@ -251,7 +281,14 @@ fn commit(shared: &Shared, batch: Vec<WriteOp>) -> Vec<Finished> {
             for (reply, v) in replies {
                 let _ = reply.send(v);
             }
-            if !finished.is_empty() {
+            // The scheduler passes again when this claim left slots free (it keeps the
+            // timer for jobs due later), or when there was none.
+            let refilled = claim.map(|c| {
+                let filled = c.filled();
+                c.dispatch(now);
+                filled
+            });
+            if any && refilled != Some(true) {
                 shared.wake();
             }
             later
@@ -267,18 +304,184 @@ fn commit(shared: &Shared, batch: Vec<WriteOp>) -> Vec<Finished> {
             for (reply, _) in replies {
                 let _ = reply.send(failed());
             }
-            let mut retry: Vec<Finished> = finished.into_iter().map(|(f, _)| *f).collect();
-            retry.extend(current.map(|f| *f));
-            retry.extend(later);
-            for op in ops {
-                match op {
-                    WriteOp::Finished(f) => retry.push(*f),
-                    WriteOp::Exec(_, reply) => {
-                        let _ = reply.send(failed());
-                    }
-                }
+            for (_, reply) in execs {
+                let _ = reply.send(failed());
             }
-            retry
+            outcomes
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::Config;
+    use crate::job::{Job, JobResult, JobState};
+    use crate::spec::NewJob;
+    use crate::store::attempts::{AttemptRecord, Outcome};
+    use crate::store::engine::Next;
+    use crate::store::{jobs, Store, Synchronous};
+
+    const NOW: i64 = 1_000_000;
+
+    /// An engine's shared state with no thread started: the test is the only actor.
+    fn shared() -> (tempfile::TempDir, Shared) {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path().join("w.db"), Synchronous::Normal).expect("store");
+        let cfg = Config {
+            workers: 1,
+            ..Config::default()
+        };
+        let clock = Arc::new(ManualClock::new(NOW));
+        (dir, Shared::new(Arc::new(store), Arc::new(cfg), clock))
+    }
+
+    fn insert(shared: &Shared, n: usize) -> Vec<i64> {
+        shared
+            .store
+            .write(|tx| {
+                (0..n)
+                    .map(|_| {
+                        Ok(jobs::insert(tx, &NewJob::get("acme", "http://127.0.0.1:9/x"), NOW)?.id)
+                    })
+                    .collect()
+            })
+            .expect("insert")
+    }
+
+    fn claim(shared: &Shared, ids: &[i64]) -> Vec<Job> {
+        shared
+            .store
+            .write_quiet(|tx| engine::claim(tx, ids, &shared.owner, NOW + 60_000, NOW))
+            .expect("claim")
+    }
+
+    fn success(job: &Job) -> Finished {
+        Finished {
+            job_id: job.id,
+            account: job.account.clone(),
+            provider: job.provider.clone(),
+            lease_owner: job.lease_owner.clone().unwrap_or_default(),
+            attempt: job.attempts,
+            next: Next::Succeed(JobResult {
+                status: 200,
+                headers: Vec::new(),
+                body: b"ok".to_vec(),
+                truncated: false,
+            }),
+            error: None,
+            counted: true,
+            record: Some(AttemptRecord {
+                job_id: job.id,
+                attempt: job.attempts,
+                started_at: NOW,
+                duration_ms: 1,
+                outcome: Outcome::Success,
+                ambiguous: false,
+                request_method: job.method.clone(),
+                request_url: job.url.clone(),
+                request_headers: Vec::new(),
+                request_body: None,
+                response_status: Some(200),
+                response_headers: Some(Vec::new()),
+                response_body: Some(b"ok".to_vec()),
+                response_truncated: false,
+                error: None,
+                runner: job.lease_owner.clone().unwrap_or_default(),
+            }),
+            notices: Vec::new(),
+            triage: None,
+            invalidate_credential: None,
+            operation: None,
+            disable_subscription: None,
+            callback_url: None,
+        }
+    }
+
+    fn state(shared: &Shared, id: i64) -> Job {
+        jobs::get(&shared.store.read().expect("read"), id).expect("job")
+    }
+
+    fn attempt_rows(shared: &Shared) -> i64 {
+        shared
+            .store
+            .read()
+            .expect("read")
+            .query_row("SELECT COUNT(*) FROM attempts", [], |r| r.get(0))
+            .expect("count")
+    }
+
+    #[test]
+    fn one_failing_outcome_is_held_and_the_rest_of_its_batch_is_written_as_given() {
+        let (_dir, shared) = shared();
+        let ids = insert(&shared, 3);
+        let jobs = claim(&shared, &ids);
+        let mut bad = success(&jobs[1]);
+        bad.operation = Some((987_654, 0)); // no such operation: advancing it fails
+        let batch = vec![
+            WriteOp::Finished(Box::new(success(&jobs[0]))),
+            WriteOp::Finished(Box::new(bad)),
+            WriteOp::Finished(Box::new(success(&jobs[2]))),
+        ];
+        assert!(commit(&shared, batch).is_empty(), "nothing left for later");
+        assert_eq!(state(&shared, ids[0]).state, JobState::Succeeded);
+        assert_eq!(state(&shared, ids[2]).state, JobState::Succeeded);
+        let held = state(&shared, ids[1]);
+        assert_eq!(held.state, JobState::Draft);
+        assert_eq!(
+            held.last_error.map(|e| e.reason).as_deref(),
+            Some("internal_error")
+        );
+        assert_eq!(
+            attempt_rows(&shared),
+            3,
+            "every attempt is in the audit log"
+        );
+    }
+
+    #[test]
+    fn a_batch_of_outcomes_claims_the_freed_slots_in_the_same_commit() {
+        let (_dir, shared) = shared();
+        let ids = insert(&shared, 5);
+        let jobs = claim(&shared, &ids[..2]);
+        let batch = jobs
+            .iter()
+            .map(|j| WriteOp::Finished(Box::new(success(j))))
+            .collect();
+        assert!(commit(&shared, batch).is_empty());
+        let handed: Vec<i64> = shared.job_rx.try_iter().map(|j| j.id).collect();
+        assert_eq!(
+            handed,
+            ids[2..].to_vec(),
+            "the other three were claimed and handed out"
+        );
+        for id in &ids[2..] {
+            assert_eq!(state(&shared, *id).state, JobState::Running);
+        }
+        assert_eq!(shared.outstanding.load(Ordering::SeqCst), 3);
+        // No outcome, no claim: an API write alone leaves the queue to the scheduler.
+        let (tx, rx) = bounded(1);
+        let exec: ExecFn = Box::new(|_| Ok(Box::new(()) as Boxed));
+        assert!(commit(&shared, vec![WriteOp::Exec(exec, tx)]).is_empty());
+        assert!(rx.recv().expect("reply").is_ok());
+        assert_eq!(shared.outstanding.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn two_claimants_never_reserve_more_than_the_queue_and_a_dropped_claim_gives_back() {
+        let (_dir, shared) = shared();
+        let first = Claim::reserve(&shared).expect("the queue is empty");
+        assert_eq!(
+            shared.outstanding.load(Ordering::SeqCst),
+            super::super::scheduler::queue_depth(1)
+        );
+        assert!(
+            Claim::reserve(&shared).is_none(),
+            "no slot is left for a second claimant"
+        );
+        drop(first);
+        assert_eq!(shared.outstanding.load(Ordering::SeqCst), 0);
+        assert!(Claim::reserve(&shared).is_some());
     }
 }
