@@ -57,8 +57,7 @@ fn through_writer(engine: &Engine, clients: usize, n: usize, url: &str) -> Resul
 
 /// Enqueues `n` jobs through `POST {base}/v1/jobs` from `clients` threads, each request
 /// answered 202 only after its job is committed; `body` is the job JSON of SPEC §4 and
-/// `token` the API token, if one is set. Returns jobs/s. Not run by the bench until the
-/// API has `/v1/jobs`.
+/// `token` the API token, if one is set. Returns jobs/s.
 pub fn enqueue_http(
     base: &str,
     token: Option<&str>,
@@ -80,11 +79,13 @@ pub fn enqueue_http(
                     if let Some(a) = &auth {
                         req = req.header("Authorization", a);
                     }
-                    match req.send(body) {
-                        Ok(r) if r.status().as_u16() == 202 => {}
-                        _ => {
-                            refused.fetch_add(1, Ordering::Relaxed);
-                        }
+                    // Read to the end, as any client does: only then does the connection
+                    // go back to the pool (else each call opens a new one).
+                    let answered = req.send(body).is_ok_and(|mut r| {
+                        r.status().as_u16() == 202 && r.body_mut().read_to_vec().is_ok()
+                    });
+                    if !answered {
+                        refused.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             });
