@@ -226,6 +226,12 @@ fn the_same_body_twice_with_an_idempotency_key_is_one_job_and_the_second_answer_
     assert_eq!(second.header("idempotent-replayed"), Some("true"));
     assert_eq!(second.json()["id"], id);
     assert_eq!(second.json()["token"], first.json()["token"]);
+    assert_eq!(
+        second.json(),
+        first.json(),
+        "the first answer again, though the job has succeeded since"
+    );
+    assert_eq!(second.header("location"), first.header("location"));
     assert_eq!(api.jobs(), 1);
     assert_eq!(p.count("/order"), 1);
 

@@ -465,6 +465,21 @@ fn over_http_prefer_wait_and_idempotency_keys_work_for_operations() {
     assert_eq!(b.header("idempotent-replayed"), Some("true"));
     assert_eq!(a.json()["id"], b.json()["id"]);
     assert_eq!(p.count("/charges"), 1);
+    // Without Prefer: wait, a replay is the first answer of a create without it: 202
+    // with the id, token and status URL, though the operation has succeeded since.
+    let plain = [("Idempotency-Key", "op-2")];
+    let c = api.post_with("/v1/operations", &plain, &body);
+    assert_eq!(c.status, 202, "{}", c.body);
+    let c_id: i64 = c.json()["id"].as_str().unwrap().parse().unwrap();
+    crate::support::wait_for(20, "the second operation to finish", || {
+        let r = api.get(&format!("/v1/operations/{c_id}"));
+        r.status == 200
+    });
+    let d = api.post_with("/v1/operations", &plain, &body);
+    assert_eq!(d.status, 202, "{}", d.body);
+    assert_eq!(d.json(), c.json());
+    assert_eq!(d.header("idempotent-replayed"), Some("true"));
+    assert_eq!(d.header("location"), c.header("location"));
     let mut other = body.clone();
     other["steps"][0]["request"]["json"]["amount"] = json!(9);
     assert_eq!(api.post_with("/v1/operations", &h, &other).status, 422);

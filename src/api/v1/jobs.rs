@@ -141,6 +141,9 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
             Err(e) => Reply::from_error(&e).into(),
         };
     };
+    // The body is the same as the first one's (its hash is checked), so the state the job
+    // was created in is this body's: a replay answers exactly what the first call did.
+    let first_state = job.state;
     let Some(_claim) = api.claim_key(&job.account, &key) else {
         return key_in_use().into();
     };
@@ -170,6 +173,15 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
             Err(e) => Reply::from_error(&e).into(),
         },
         Ok(Keyed::Replay(Some(id))) => match read(api, id) {
+            Ok(job) if prefer_wait(req).is_none() => {
+                let first = Job {
+                    state: first_state,
+                    ..job
+                };
+                let mut reply = created(&first);
+                reply.headers.extend(replayed);
+                reply.into()
+            }
             Ok(job) => reply_or_wait(api, req, WaitKind::Created, &job, replayed),
             Err(Error::NotFound(_)) => replay_gone(),
             Err(e) => Reply::from_error(&e).into(),

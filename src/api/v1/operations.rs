@@ -43,6 +43,16 @@ pub(crate) fn current_step_job(api: &Api, id: i64) -> Result<Option<i64>> {
 
 /// 200 with the operation once it is no longer running; else 202 (with id, token and
 /// status_url for a create, with the operation and `Retry-After` for a poll).
+/// The answer to a create: 202 with the id, token and status URL.
+fn created_answer(op: &Operation) -> Reply {
+    Reply::json(
+        202,
+        &json!({"id": op.id.to_string(), "token": op.token, "state": "running",
+                "status_url": status_url(op)}),
+    )
+    .header("Location", &format!("/v1/operations/{}", op.id))
+}
+
 pub(crate) fn wait_reply(api: &Api, id: i64, created: bool) -> Reply {
     let r = (|| {
         let conn = api.shared.store.read()?;
@@ -52,12 +62,7 @@ pub(crate) fn wait_reply(api: &Api, id: i64, created: bool) -> Reply {
     })();
     match r {
         Err(e) => Reply::from_error(&e),
-        Ok((_, OpState::Running, op)) if created => Reply::json(
-            202,
-            &json!({"id": op.id.to_string(), "token": op.token, "state": "running",
-                    "status_url": status_url(&op)}),
-        )
-        .header("Location", &format!("/v1/operations/{}", op.id)),
+        Ok((_, OpState::Running, op)) if created => created_answer(&op),
         Ok((v, OpState::Running, _)) => Reply::json(202, &v).header("Retry-After", "1"),
         Ok((v, _, op)) if created => {
             Reply::json(200, &v).header("Location", &format!("/v1/operations/{}", op.id))
@@ -133,14 +138,29 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
     match r {
         Err(e) => Reply::from_error(&e).into(),
         Ok(None) => key_reused().into(),
-        Ok(Some((id, replayed))) => {
+        Ok(Some((id, true))) => {
+            let replayed = ("Idempotent-Replayed".to_string(), "true".to_string());
+            if prefer_wait(req).is_some() {
+                return reply_or_wait(api, req, id, true, vec![replayed]);
+            }
+            // The first answer again, whatever the operation has done since.
+            let op = api
+                .shared
+                .store
+                .read()
+                .and_then(|c| operations::get(&c, id));
+            match op {
+                Ok(op) => {
+                    let mut reply = created_answer(&op);
+                    reply.headers.push(replayed);
+                    reply.into()
+                }
+                Err(e) => Reply::from_error(&e).into(),
+            }
+        }
+        Ok(Some((id, false))) => {
             api.shared.wake();
-            let headers = if replayed {
-                vec![("Idempotent-Replayed".to_string(), "true".to_string())]
-            } else {
-                Vec::new()
-            };
-            reply_or_wait(api, req, id, true, headers)
+            reply_or_wait(api, req, id, true, Vec::new())
         }
     }
 }
