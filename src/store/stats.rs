@@ -63,10 +63,12 @@ pub fn recent_failures(conn: &Connection, limit: i64) -> Result<Vec<Failure>> {
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
-/// Held jobs (`draft`) per provider, for "retry everything held for this provider".
+/// Held jobs per provider, for "retry everything held for this provider": `draft` with
+/// an error (held by the engine, or a canceled job reopened for review), never a job
+/// created as a draft to wait for approval.
 pub fn held_by_provider(conn: &Connection) -> Result<Vec<(String, i64)>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT provider, COUNT(*) FROM jobs WHERE state = 'draft'
+        "SELECT provider, COUNT(*) FROM jobs WHERE state = 'draft' AND last_error IS NOT NULL
           GROUP BY provider ORDER BY provider",
     )?;
     let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -77,7 +79,8 @@ pub fn held_by_provider(conn: &Connection) -> Result<Vec<(String, i64)>> {
 /// (keyset, so a bulk action walks the list once even if a job is held again meanwhile).
 pub fn held_ids(conn: &Connection, provider: &str, after: i64, limit: i64) -> Result<Vec<i64>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT id FROM jobs WHERE state = 'draft' AND provider = ?1 AND id > ?2
+        "SELECT id FROM jobs WHERE state = 'draft' AND last_error IS NOT NULL
+            AND provider = ?1 AND id > ?2
           ORDER BY id LIMIT ?3",
     )?;
     let rows = stmt.query_map(rusqlite::params![provider, after, limit], |r| r.get(0))?;

@@ -572,6 +572,45 @@ fn without_login_admin_shows_no_job_data_and_refuses_posts() {
 }
 
 #[test]
+fn retry_held_retries_jobs_held_for_review_and_leaves_drafts_awaiting_approval() {
+    let p = MockProvider::start();
+    p.script("/held", vec![Step::status(418), Step::status(200)]);
+    let e = InProc::start("", None);
+    let held = e.insert(&errand::spec::NewJob::get("acme", &p.url("/held")));
+    e.shared().wake();
+    wait_for(10, "the 418 to hold the job", || e.state(held) == "draft");
+    let waiting = e.insert(&errand::spec::NewJob {
+        state: errand::job::JobState::Draft,
+        ..errand::spec::NewJob::get("acme", &p.url("/awaiting"))
+    });
+    let page = call("GET", &e.url("/admin"), &[], "");
+    let cookie = page
+        .header("set-cookie")
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let r = call(
+        "POST",
+        &e.url("/admin/bulk-retry"),
+        &[FORM, ("Cookie", &cookie)],
+        &format!("csrf={}&provider=default", csrf_of(&page.body)),
+    );
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert_eq!(r.header("location"), Some("/admin?done=bulk&n=1"));
+    wait_for(10, "the held job to succeed", || {
+        e.state(held) == "succeeded"
+    });
+    assert_eq!(
+        e.state(waiting),
+        "draft",
+        "a draft awaiting approval is not approved"
+    );
+    assert_eq!(p.count("/awaiting"), 0);
+}
+
+#[test]
 fn without_a_token_the_page_is_open_but_posts_still_need_the_csrf_token() {
     let e = InProc::start("", None);
     let id = e.insert(&errand::spec::NewJob {
