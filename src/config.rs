@@ -28,6 +28,7 @@ struct RawConfig {
     shutdown_grace_ms: Option<u64>,
     max_request_bytes: Option<u64>,
     max_parked_waits: Option<usize>,
+    http_timeout_ms: Option<u64>,
     response_body_cap: Option<usize>,
     notify_url: Option<String>,
     notify_secret: Option<String>,
@@ -255,6 +256,9 @@ pub struct Config {
     pub max_request_bytes: u64,
     /// Requests parked on `Prefer: wait` at once; beyond it, 503 with `Retry-After`.
     pub max_parked_waits: usize,
+    /// How long a client connection may make no progress (idle between requests, a
+    /// request or an answer stalled half-way) before it is closed.
+    pub http_timeout_ms: u64,
     pub response_body_cap: usize,
     pub notify_url: Option<String>,
     /// Signs `notify_url` deliveries the Standard Webhooks way (`whsec_<base64>`).
@@ -281,6 +285,7 @@ impl Default for Config {
             shutdown_grace_ms: 30_000,
             max_request_bytes: 5 * 1024 * 1024,
             max_parked_waits: crate::api::park::MAX_PARKED,
+            http_timeout_ms: 75_000,
             response_body_cap: 1024 * 1024,
             notify_url: None,
             notify_secret: None,
@@ -490,6 +495,13 @@ impl Config {
                 Some(n) => n,
                 None => d.max_parked_waits,
             },
+            http_timeout_ms: match raw.http_timeout_ms {
+                Some(n) if !(100..=3_600_000).contains(&n) => {
+                    return Err(bad("http_timeout_ms", "must be from 100 to 3600000"))
+                }
+                Some(n) => n,
+                None => d.http_timeout_ms,
+            },
             response_body_cap: raw.response_body_cap.unwrap_or(d.response_body_cap),
             notify_url: raw.notify_url,
             notify_secret,
@@ -678,6 +690,8 @@ schema = { required = ["to", "subject"], properties = { to = "string", subject =
                 "providers.x.rules[0].category",
             ),
             ("synchronous = \"sometimes\"", "synchronous"),
+            ("http_timeout_ms = 5", "http_timeout_ms"),
+            ("max_parked_waits = 0", "max_parked_waits"),
         ] {
             let e = Config::from_toml(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");

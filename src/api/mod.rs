@@ -158,12 +158,21 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds `listen` and starts the handler threads and the responder.
     pub fn start(listen: &str, api: Arc<Api>) -> Result<HttpServer> {
-        let server = tiny_http::Server::http(listen).map_err(|e| {
+        let cannot = |e: &dyn std::fmt::Display| {
             Error::invalid(
                 "--listen",
                 format!("cannot listen on {listen}: {e}; is another errand running there?"),
             )
-        })?;
+        };
+        let timeout = std::time::Duration::from_millis(api.shared.config.http_timeout_ms);
+        let server = tiny_http::Server::new(tiny_http::ServerConfig {
+            addr: tiny_http::ConfigListenAddr::from_socket_addrs(listen).map_err(|e| cannot(&e))?,
+            ssl: None,
+            // An idle or stalled client gives its connection thread back (tiny_http keeps
+            // one per connection), and cannot hold an answering thread by not reading.
+            socket_timeout: Some(timeout),
+        })
+        .map_err(|e| cannot(&e))?;
         let addr = server
             .server_addr()
             .to_ip()

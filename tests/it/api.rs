@@ -1000,3 +1000,64 @@ fn hundreds_of_mangled_bodies_never_get_a_5xx() {
     }
     assert_eq!(api.get("/healthz").status, 200);
 }
+
+/// Reads `stream` to EOF (the server closed it), failing after `secs`.
+fn read_to_close(stream: &mut std::net::TcpStream, secs: u64) -> String {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(secs)))
+        .unwrap();
+    let mut got = Vec::new();
+    match stream.read_to_end(&mut got) {
+        Ok(_) => String::from_utf8_lossy(&got).into_owned(),
+        Err(e) => panic!(
+            "the server did not close the connection within {secs} s ({e}); read so far: {}",
+            String::from_utf8_lossy(&got)
+        ),
+    }
+}
+
+#[test]
+fn idle_and_stalled_connections_are_closed_after_http_timeout_ms_but_a_long_poll_is_answered() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    let p = MockProvider::start();
+    p.default_for("/slow", Step::status(200).delay(1_000));
+    let api = Api::with_config("http_timeout_ms = 300\n");
+    let addr = api.base.trim_start_matches("http://").to_string();
+
+    // Idle from the start: closed without a word.
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    assert_eq!(read_to_close(&mut idle, 10), "");
+
+    // A request stalled half-way through its headers: 408, then closed.
+    let mut stalled = TcpStream::connect(&addr).unwrap();
+    stalled
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    assert!(read_to_close(&mut stalled, 10).starts_with("HTTP/1.1 408"));
+
+    // Keep-alive: answered, then closed once idle.
+    let mut kept = TcpStream::connect(&addr).unwrap();
+    kept.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let answer = read_to_close(&mut kept, 10);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
+
+    // A long poll waiting longer than the timeout still gets its answer.
+    let body = job_body(&p.url("/slow")).to_string();
+    let mut poll = TcpStream::connect(&addr).unwrap();
+    write!(
+        poll,
+        "POST /v1/jobs HTTP/1.1\r\nHost: x\r\nPrefer: wait=10\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let answer = read_to_close(&mut poll, 15);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("\"succeeded\""), "{answer}");
+
+    // The server is still healthy.
+    assert_eq!(api.get("/healthz").status, 200);
+}

@@ -44,6 +44,8 @@ enum ReadError {
     /// the client sent an unrecognized `Expect` header
     ExpectationFailed(HTTPVersion),
     ReadIoError(IoError),
+    /// errand: the socket timed out before the first byte of a request.
+    Idle,
 }
 
 impl ClientConnection {
@@ -78,6 +80,11 @@ impl ClientConnection {
     /// Reads until `CRLF` is reached. The next read will start
     ///  at the first byte of the new line.
     fn read_next_line(&mut self) -> IoResult<AsciiString> {
+        self.read_line().map_err(|(e, _)| e)
+    }
+
+    /// errand: reads a line; on an error, also says whether no byte had been read.
+    fn read_line(&mut self) -> Result<AsciiString, (IoError, bool)> {
         let mut buf = Vec::new();
         let mut prev_byte_was_cr = false;
 
@@ -85,14 +92,24 @@ impl ClientConnection {
             let byte = self.next_header_source.by_ref().bytes().next();
 
             let byte = match byte {
-                Some(b) => b?,
-                None => return Err(IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF")),
+                Some(Ok(b)) => b,
+                Some(Err(e)) => return Err((e, buf.is_empty())),
+                None => {
+                    return Err((
+                        IoError::new(ErrorKind::ConnectionAborted, "Unexpected EOF"),
+                        buf.is_empty(),
+                    ))
+                }
             };
 
             if byte == b'\n' && prev_byte_was_cr {
                 buf.pop(); // removing the '\r'
-                return AsciiString::from_ascii(buf)
-                    .map_err(|_| IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"));
+                return AsciiString::from_ascii(buf).map_err(|_| {
+                    (
+                        IoError::new(ErrorKind::InvalidInput, "Header is not in ASCII"),
+                        false,
+                    )
+                });
             }
 
             prev_byte_was_cr = byte == b'\r';
@@ -107,7 +124,14 @@ impl ClientConnection {
         let (method, path, version, headers) = {
             // reading the request line
             let (method, path, version) = {
-                let line = self.read_next_line().map_err(ReadError::ReadIoError)?;
+                let line = self.read_line().map_err(|(e, nothing_read)| {
+                    let timed_out = matches!(e.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock);
+                    if timed_out && nothing_read {
+                        ReadError::Idle
+                    } else {
+                        ReadError::ReadIoError(e)
+                    }
+                })?;
 
                 parse_request_line(
                     line.as_str().trim(), // TODO: remove this conversion
@@ -185,6 +209,11 @@ impl Iterator for ClientConnection {
 
         loop {
             let rq = match self.read() {
+                // errand: the socket timeout passed before the first byte of a request:
+                // an idle keep-alive connection, closed without an answer (a 408 here
+                // could reach a client as the answer to the request it sends next).
+                Err(ReadError::Idle) => return None,
+
                 Err(ReadError::WrongRequestLine) => {
                     let writer = self.sink.next().unwrap();
                     let response = Response::new_empty(StatusCode(400));
@@ -203,7 +232,9 @@ impl Iterator for ClientConnection {
                                  // se we have to close
                 }
 
-                Err(ReadError::ReadIoError(ref err)) if err.kind() == ErrorKind::TimedOut => {
+                Err(ReadError::ReadIoError(ref err))
+                    if matches!(err.kind(), ErrorKind::TimedOut | ErrorKind::WouldBlock) =>
+                {
                     // request timeout
                     let writer = self.sink.next().unwrap();
                     let response = Response::new_empty(StatusCode(408));

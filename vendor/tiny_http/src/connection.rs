@@ -95,6 +95,15 @@ impl Connection {
         }
     }
 
+    /// errand: bounds every read and write on the connection (`None`: wait forever).
+    pub(crate) fn set_timeouts(&self, t: Option<std::time::Duration>) -> std::io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_read_timeout(t).and_then(|_| s.set_write_timeout(t)),
+            #[cfg(unix)]
+            Self::Unix(s) => s.set_read_timeout(t).and_then(|_| s.set_write_timeout(t)),
+        }
+    }
+
     pub(crate) fn try_clone(&self) -> std::io::Result<Self> {
         match self {
             Self::Tcp(s) => s.try_clone().map(Self::from),
