@@ -37,6 +37,16 @@ pub struct Limits {
     states: Mutex<HashMap<String, State>>,
 }
 
+/// Why [`Limits::try_admit`] refused a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// No job of this provider may start now (circuit open, concurrency or a shared rate
+    /// limit reached).
+    Provider,
+    /// No job of this account for this provider may start now (its own rate bucket).
+    Account,
+}
+
 /// What the admin page and metrics show of a provider's circuit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Circuit {
@@ -83,23 +93,29 @@ impl Limits {
 
     /// Takes a slot for one job of (provider, account) if the limits allow it now.
     pub fn admit(&self, provider: &str, account: &str, now: i64) -> bool {
+        self.try_admit(provider, account, now).is_ok()
+    }
+
+    /// [`Limits::admit`], saying on refusal whether no job of the provider may start
+    /// now, or only none of this account (its own rate-limit bucket is empty).
+    pub fn try_admit(&self, provider: &str, account: &str, now: i64) -> Result<(), Refused> {
         let Some(p) = self.config.providers.get(provider) else {
-            return true;
+            return Ok(());
         };
         if !Self::limited(p) {
-            return true;
+            return Ok(());
         }
         let mut states = self.lock();
         let s = states.entry(provider.to_string()).or_default();
         let mut probe = false;
         if let Some(until) = s.open_until {
             if until > now || s.probing {
-                return false;
+                return Err(Refused::Provider);
             }
             probe = true; // half-open: exactly one probe decides
         }
         if p.max_concurrency.is_some_and(|m| s.running >= m) {
-            return false;
+            return Err(Refused::Provider);
         }
         if let Some(rl) = p.rate_limit {
             let key = if rl.per_account { account } else { "" };
@@ -112,13 +128,17 @@ impl Limits {
             b.tokens = (b.tokens + elapsed * rl.per_second).min(burst);
             b.at_ms = now;
             if b.tokens < 1.0 {
-                return false;
+                return Err(if rl.per_account {
+                    Refused::Account
+                } else {
+                    Refused::Provider
+                });
             }
             b.tokens -= 1.0;
         }
         s.probing = probe;
         s.running += 1;
-        true
+        Ok(())
     }
 
     /// Gives back a slot taken by [`admit`](Self::admit) for a job that was not run
@@ -224,6 +244,21 @@ mod tests {
         assert!(l.admit("p", "b", 0), "another account has its own bucket");
         assert!(l.admit("p", "a", 500), "half a second refills one token");
         assert!(!l.admit("p", "a", 500));
+    }
+
+    #[test]
+    fn a_refusal_says_whether_the_provider_or_only_the_account_is_held() {
+        let per = limits(
+            "[providers.p]\nrate_limit = { per_second = 1.0, burst = 1, per_account = true }",
+        );
+        assert_eq!(per.try_admit("p", "a", 0), Ok(()));
+        assert_eq!(per.try_admit("p", "a", 0), Err(Refused::Account));
+        let shared = limits("[providers.p]\nrate_limit = { per_second = 1.0, burst = 1 }");
+        assert_eq!(shared.try_admit("p", "a", 0), Ok(()));
+        assert_eq!(shared.try_admit("p", "b", 0), Err(Refused::Provider));
+        let capped = limits("[providers.p]\nmax_concurrency = 1");
+        assert_eq!(capped.try_admit("p", "a", 0), Ok(()));
+        assert_eq!(capped.try_admit("p", "b", 0), Err(Refused::Provider));
     }
 
     #[test]

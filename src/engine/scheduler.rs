@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use crossbeam_channel::select;
 use rusqlite::Connection;
 
+use super::limits::Refused;
 use super::Shared;
 use crate::error::Result;
 use crate::job::Job;
@@ -105,6 +106,10 @@ pub fn run_once(shared: &Shared, now: i64) -> Result<Option<i64>> {
     Ok(claim.dispatch(now))
 }
 
+/// Candidate queries a claim pass makes at most: each round skips what the limits
+/// refused in the one before.
+const CLAIM_ROUNDS: usize = 4;
+
 /// The most jobs claimed and not yet handed to the writer: the running ones, plus a
 /// queue of at least 64 (or one per worker) so that a claim and the outcomes it waits
 /// for are written in batches of dozens, not a few (one transaction's fixed cost is
@@ -159,20 +164,52 @@ impl<'s> Claim<'s> {
         if accounts::global_paused(tx)? {
             return Ok(());
         }
-        let blocked = shared.limits.blocked_providers(now);
         let lease_until = now + shared.config.lease_ms;
         let capacity = self.reserved;
-        let candidates = engine::due_candidates(tx, now, capacity * 2 + 16)?;
-        let mut ids = Vec::with_capacity(capacity);
-        for c in &candidates {
-            if ids.len() == capacity {
+        // Jobs the limits refuse are skipped in SQL in the next round, so a backlog of a
+        // provider whose circuit is open, or of one rate-limited account, cannot fill the
+        // candidate list and hide every other job behind it.
+        let mut skip_providers = shared.limits.blocked_providers(now);
+        let mut skip_pairs: Vec<(String, String)> = Vec::new();
+        let mut ids: Vec<i64> = Vec::with_capacity(capacity);
+        let mut taken: HashSet<i64> = HashSet::new();
+        for _ in 0..CLAIM_ROUNDS {
+            let limit = (capacity - ids.len()) * 2 + 16 + ids.len();
+            let candidates =
+                engine::due_candidates_except(tx, now, limit, &skip_providers, &skip_pairs)?;
+            let mut refused = false;
+            for c in &candidates {
+                if ids.len() == capacity {
+                    break;
+                }
+                // Jobs taken in an earlier round come back in this one's list.
+                if taken.contains(&c.id)
+                    || skip_providers.contains(&c.provider)
+                    || skip_pairs
+                        .iter()
+                        .any(|(p, a)| *p == c.provider && *a == c.account)
+                {
+                    continue;
+                }
+                match shared.limits.try_admit(&c.provider, &c.account, now) {
+                    Ok(()) => {
+                        ids.push(c.id);
+                        taken.insert(c.id);
+                        self.admitted.push((c.id, c.provider.clone()));
+                    }
+                    Err(Refused::Provider) => {
+                        refused = true;
+                        skip_providers.push(c.provider.clone());
+                    }
+                    Err(Refused::Account) => {
+                        refused = true;
+                        skip_pairs.push((c.provider.clone(), c.account.clone()));
+                    }
+                }
+            }
+            if ids.len() == capacity || candidates.len() < limit || !refused {
                 break;
             }
-            if blocked.contains(&c.provider) || !shared.limits.admit(&c.provider, &c.account, now) {
-                continue;
-            }
-            ids.push(c.id);
-            self.admitted.push((c.id, c.provider.clone()));
         }
         self.jobs = engine::claim(tx, &ids, &shared.owner, lease_until, now)?;
         self.next = if self.jobs.len() < capacity {

@@ -31,14 +31,53 @@ SELECT id, account, provider FROM jobs INDEXED BY jobs_due
 /// the partial index `jobs_due` (forced with INDEXED BY: with no statistics the planner
 /// may prefer the state index and sort, which grows with the table).
 pub fn due_candidates(conn: &Connection, now: i64, limit: usize) -> Result<Vec<Candidate>> {
-    let mut stmt = conn.prepare_cached(CANDIDATES)?;
-    let rows = stmt.query_map(named_params! {":now": now, ":limit": limit as i64}, |r| {
+    due_candidates_except(conn, now, limit, &[], &[])
+}
+
+/// [`due_candidates`] without the jobs of `providers` and of the (provider, account)
+/// pairs in `pairs`: those the limits refuse now, so that a backlog of theirs cannot
+/// hide the jobs behind it. Same index, same order.
+pub fn due_candidates_except(
+    conn: &Connection,
+    now: i64,
+    limit: usize,
+    providers: &[String],
+    pairs: &[(String, String)],
+) -> Result<Vec<Candidate>> {
+    let map = |r: &rusqlite::Row<'_>| {
         Ok(Candidate {
             id: r.get(0)?,
             account: r.get(1)?,
             provider: r.get(2)?,
         })
-    })?;
+    };
+    if providers.is_empty() && pairs.is_empty() {
+        let mut stmt = conn.prepare_cached(CANDIDATES)?;
+        let rows = stmt.query_map(named_params! {":now": now, ":limit": limit as i64}, map)?;
+        return Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?);
+    }
+    let mut extra = String::new();
+    let mut values: Vec<rusqlite::types::Value> = vec![now.into()];
+    if !providers.is_empty() {
+        extra.push_str(&format!(
+            "   AND provider NOT IN ({})\n",
+            placeholders(providers.len())
+        ));
+        values.extend(providers.iter().map(|p| p.clone().into()));
+    }
+    for (provider, account) in pairs {
+        extra.push_str("   AND NOT (provider = ? AND account = ?)\n");
+        values.push(provider.clone().into());
+        values.push(account.clone().into());
+    }
+    values.push((limit as i64).into());
+    let sql = CANDIDATES
+        .replace(":now", "?")
+        .replace(" ORDER BY", &format!("{extra} ORDER BY"))
+        .replace(":limit", "?");
+    // Not cached: the shape depends on what is refused, and it is the rare path.
+    let mut stmt = conn.prepare(&sql)?;
+    let rows = stmt.query_map(params_from_iter(values), map)?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
 }
 

@@ -745,3 +745,59 @@ fn retrying_a_held_job_gives_it_its_whole_attempt_budget_again() {
     assert_eq!(notifications(&env, "exhausted"), 2);
     engine.shutdown(Duration::from_secs(5));
 }
+
+/// Inserts `n` jobs of `provider` for `account` to `url` in one transaction.
+fn backlog(env: &TestEnv, provider: &str, account: &str, url: &str, n: usize) {
+    let mut j = fast_job(account, url);
+    j.provider = provider.into();
+    let now = errand::clock::Clock::now_ms(&errand::clock::SystemClock);
+    env.store
+        .write(|tx| {
+            for _ in 0..n {
+                errand::store::jobs::insert(tx, &j, now)?;
+            }
+            Ok(())
+        })
+        .expect("backlog");
+}
+
+#[test]
+fn a_rate_limited_accounts_backlog_does_not_hold_back_another_account() {
+    let p = MockProvider::start();
+    let env = TestEnv::with_config(
+        "[providers.rl]\nrate_limit = { per_second = 1.0, burst = 1, per_account = true }\n",
+    );
+    // More due jobs of account a than one candidate query returns, all older than b's.
+    backlog(&env, "rl", "a", &p.url("/rl-a"), 400);
+    let mut b = fast_job("b", &p.url("/rl-b"));
+    b.provider = "rl".into();
+    let b = env.insert(&b);
+    let engine = env.engine();
+    engine.shared().wake();
+    wait_for(10, "account b's job, behind a's backlog", || {
+        env.state(b) == "succeeded"
+    });
+    assert!(p.count("/rl-a") <= 12, "account a is held to 1/s");
+    engine.shutdown(Duration::from_secs(5));
+}
+
+#[test]
+fn a_saturated_providers_backlog_does_not_hold_back_another_provider() {
+    let p = MockProvider::start();
+    p.default_for("/capped", Step::status(200).delay(2_000));
+    let env = TestEnv::with_config("[providers.capped]\nmax_concurrency = 1\n");
+    backlog(&env, "capped", "a", &p.url("/capped"), 400);
+    let other = env.insert(&fast_job("a", &p.url("/other")));
+    let engine = env.engine();
+    engine.shared().wake();
+    wait_for(
+        10,
+        "the other provider's job, behind the capped backlog",
+        || env.state(other) == "succeeded",
+    );
+    assert!(
+        p.count("/capped") <= 2,
+        "the capped provider runs one at a time"
+    );
+    engine.shutdown(Duration::from_secs(5));
+}

@@ -234,6 +234,14 @@ fn the_due_job_query_uses_the_partial_index() {
     assert!(!plan.iter().any(|p| p.contains("TEMP B-TREE")), "{plan:?}");
     // The engine's own queries run (INDEXED BY fails loudly if the index cannot serve them).
     assert!(engine::due_candidates(&conn, 1, 10).unwrap().is_empty());
+    let skipped = engine::due_candidates_except(
+        &conn,
+        1,
+        10,
+        &["capped".to_string()],
+        &[("rl".to_string(), "acme".to_string())],
+    );
+    assert!(skipped.unwrap().is_empty());
     assert_eq!(engine::next_due_at(&conn).unwrap(), None);
     assert_eq!(engine::due_backlog(&conn, 1).unwrap(), (0, None));
 }
