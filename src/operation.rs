@@ -151,14 +151,30 @@ pub fn lookup(expr: &str, results: &[Value]) -> Option<Value> {
     }
 }
 
-fn render_str(s: &str, resolve: &dyn Fn(&str) -> Option<Value>) -> Result<Value> {
+/// Fields whose value is text on the wire (the URL, headers, a raw body, ...): a
+/// placeholder there always renders as text, `{{steps.x.status}}` as `200`.
+const TEXT_FIELDS: &[&str] = &[
+    "url",
+    "method",
+    "headers",
+    "body",
+    "body_base64",
+    "idempotency_key",
+    "callback_url",
+    "provider",
+    "account",
+];
+
+fn render_str(s: &str, resolve: &dyn Fn(&str) -> Option<Value>, typed: bool) -> Result<Value> {
     let ps = placeholders(s);
     if ps.is_empty() {
         return Ok(Value::String(s.to_string()));
     }
-    // A string that is exactly one placeholder takes the value's own JSON type.
+    // In JSON (not in a text field), a string that is exactly one placeholder takes the
+    // value's own JSON type.
     let trimmed = s.trim();
-    if ps.len() == 1
+    if typed
+        && ps.len() == 1
         && trimmed.starts_with("{{")
         && trimmed.ends_with("}}")
         && trimmed.matches("{{").count() == 1
@@ -190,18 +206,19 @@ fn missing(expr: &str) -> Error {
     )
 }
 
-fn render(v: &Value, resolve: &dyn Fn(&str) -> Option<Value>) -> Result<Value> {
+fn render(v: &Value, resolve: &dyn Fn(&str) -> Option<Value>, typed: bool) -> Result<Value> {
     Ok(match v {
-        Value::String(s) => render_str(s, resolve)?,
+        Value::String(s) => render_str(s, resolve, typed)?,
         Value::Array(a) => Value::Array(
             a.iter()
-                .map(|x| render(x, resolve))
+                .map(|x| render(x, resolve, typed))
                 .collect::<Result<_>>()?,
         ),
         Value::Object(o) => {
             let mut m = Map::new();
             for (k, x) in o {
-                m.insert(k.clone(), render(x, resolve)?);
+                let typed = typed && !TEXT_FIELDS.contains(&k.as_str());
+                m.insert(k.clone(), render(x, resolve, typed)?);
             }
             Value::Object(m)
         }
@@ -218,7 +235,7 @@ fn job_value(
     let mut s = step.as_object().cloned().unwrap_or_default();
     s.remove("name");
     s.insert("account".into(), Value::String(account.to_string()));
-    render(&Value::Object(s), resolve)
+    render(&Value::Object(s), resolve, true)
 }
 
 /// Builds step `index` of an operation as a job, from the earlier steps' results. A
@@ -266,6 +283,30 @@ mod tests {
             body,
             json!({"token": "tok_9", "n": 2, "note": "charged ch_1 (201)"})
         );
+    }
+
+    #[test]
+    fn a_whole_placeholder_is_text_in_url_headers_and_body_and_typed_in_json() {
+        let (account, steps) = validate(&json!({"account": "acme", "steps": [
+            {"name": "charge", "request": {"url": "https://pay.test/charges"}},
+            {"name": "next", "request": {
+                "method": "POST", "url": "https://pay.test/{{steps.charge.status}}",
+                "headers": {"X-Prev": "{{steps.charge.status}}"},
+                "body": "{{steps.charge.status}}"}},
+            {"name": "last", "request": {
+                "url": "https://pay.test/x", "json": {"prev": "{{steps.charge.status}}"}}}
+        ]}))
+        .unwrap();
+        let results = vec![json!({"name": "charge", "status": 201, "json": {}})];
+        let next = build_step(&account, &steps, 1, &results).unwrap();
+        assert_eq!(next.url, "https://pay.test/201");
+        assert!(next
+            .headers
+            .contains(&("X-Prev".to_string(), "201".to_string())));
+        assert_eq!(next.body.as_deref(), Some(&b"201"[..]));
+        let last = build_step(&account, &steps, 2, &results).unwrap();
+        let body: Value = serde_json::from_slice(last.body.as_deref().unwrap()).unwrap();
+        assert_eq!(body, json!({"prev": 201}));
     }
 
     #[test]
