@@ -248,6 +248,14 @@ impl NewJob {
             }
         };
         let expires_at = time(obj, "expires_at")?;
+        if let (Some(exp), Due::At(at)) = (expires_at, &due) {
+            if exp <= *at {
+                return Err(Error::invalid(
+                    "expires_at",
+                    "is not after run_at: the job could only expire; move expires_at later or drop it",
+                ));
+            }
+        }
         let callback_url = match obj.get("callback_url") {
             None | Some(Value::Null) => None,
             Some(Value::String(u)) => {
@@ -454,6 +462,11 @@ mod tests {
             (
                 json!({"account": "a", "request": {"url": "http://h"}, "colour": 1}),
                 "colour:",
+            ),
+            (
+                json!({"account": "a", "request": {"url": "http://h"},
+                       "run_at": "2026-11-22T10:00:00Z", "expires_at": "2026-11-22T09:00:00Z"}),
+                "expires_at:",
             ),
             (
                 json!({"account": "a", "request": {"url": "http://h", "headers": {"X": 1}}}),

@@ -243,13 +243,24 @@ pub fn to_json(conn: &Connection, op: &Operation) -> Result<Value> {
             })
         })
         .collect();
+    let st = state(conn, op)?;
+    // A held or canceled operation says why: its own error (a template that could not be
+    // filled), else that of the step it stopped at.
+    let error = match &op.error {
+        Some(e) => json!(e),
+        None if matches!(st, OpState::Held | OpState::Canceled) => json!(jobs
+            .iter()
+            .find(|j| j.step_index == Some(op.completed))
+            .and_then(|j| j.last_error.clone())),
+        None => Value::Null,
+    };
     Ok(json!({
         "id": op.id.to_string(),
-        "state": state(conn, op)?.as_str(),
+        "state": st.as_str(),
         "account": op.account,
         "completed_steps": op.completed,
         "steps": steps,
-        "error": op.error,
+        "error": error,
         "created_at": format_rfc3339(op.created_at),
         "updated_at": format_rfc3339(op.updated_at),
     }))

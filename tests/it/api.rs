@@ -755,6 +755,14 @@ fn bulk_retry_re_runs_held_jobs_of_a_provider_and_counts_the_skipped() {
     );
     assert_eq!(bad.status, 400);
     assert!(bad.body.contains("filter.since"));
+    // Without a filter nothing happens: acting on every job takes `"filter": {}`.
+    let unfiltered = api.post("/v1/jobs/bulk", &json!({"action": "cancel"}));
+    assert_eq!(unfiltered.status, 400, "{}", unfiltered.body);
+    assert!(unfiltered.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("filter"));
+    assert_eq!(api.env.state(ids[2].parse().unwrap()), "draft");
 }
 
 #[test]

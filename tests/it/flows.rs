@@ -603,3 +603,19 @@ fn an_operation_whose_canceled_step_was_pruned_reads_canceled_not_running() {
     assert_eq!(env.count_sql("SELECT COUNT(*) FROM jobs"), 0);
     assert_eq!(op_json(&env.store, id)["state"], "canceled");
 }
+
+#[test]
+fn over_http_an_operation_stopped_by_a_refused_step_says_why() {
+    let p = MockProvider::start();
+    p.default_for("/charges", Step::json(201, r#"{"id":"ch_42"}"#));
+    p.default_for("/tokens/ch_42", Step::status(403));
+    let api = crate::api::Api::start();
+    let a = api.post_with("/v1/operations", &[("Prefer", "wait=20")], &three_steps(&p));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let v = a.json();
+    assert_eq!(v["state"], "canceled");
+    assert_eq!(v["steps"][1]["state"], "canceled");
+    assert_eq!(v["error"]["category"], "forbidden", "{v}");
+    assert_eq!(v["error"], v["steps"][1]["error"]);
+    assert_eq!(p.count("/receipts"), 0);
+}

@@ -341,7 +341,13 @@ pub fn bulk(api: &Api, req: &Req, _: &Params) -> Answer {
             })?
             .parse()?;
         let f = match obj.get("filter") {
-            None | Some(Value::Null) => jobs::JobFilter::default(),
+            // An action on every job must be asked for: `"filter": {}`.
+            None | Some(Value::Null) => {
+                return Err(Error::invalid(
+                    "filter",
+                    "is required: say which jobs, e.g. {\"state\": \"draft\", \"provider\": \"x\"}, or {} for every job",
+                ))
+            }
             Some(Value::Object(f)) => {
                 let known = ["state", "account", "provider", "since"];
                 if let Some(k) = f.keys().find(|k| !known.contains(&k.as_str())) {
