@@ -173,7 +173,10 @@ pub fn dispatch(api: &Api, req: &Req) -> Answer {
     }
     let mut allowed: Vec<&'static str> = Vec::new();
     let mut found: Option<(&Route, Params)> = None;
-    for route in ROUTES {
+    // A literal path (`/v1/jobs/bulk`) shadows the patterns it also matches
+    // (`/v1/jobs/{id}`): GET on it is a 405, not "job bulk not found".
+    let literal = ROUTES.iter().any(|r| r.path == req.path);
+    for route in ROUTES.iter().filter(|r| !literal || r.path == req.path) {
         if let Some(params) = matches(route.path, &req.path) {
             if route.method == req.method {
                 found = Some((route, params));

@@ -350,6 +350,10 @@ fn every_bad_input_gets_a_4xx_naming_the_field_and_writes_no_row() {
     let a = http("PATCH", &url, &[], Some("{}"));
     assert_eq!(a.status, 405);
     assert!(a.header("allow").unwrap().contains("POST"));
+    // A literal route is not read as an id of the pattern beside it.
+    let a = api.get("/v1/jobs/bulk");
+    assert_eq!(a.status, 405, "{}", a.body);
+    assert_eq!(a.header("allow"), Some("POST"));
     assert_eq!(api.jobs(), 0);
     assert_eq!(api.get("/healthz").status, 200);
     assert_eq!(api.get("/v1/status").status, 200);
