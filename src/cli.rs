@@ -15,6 +15,8 @@ use crate::spec::{check_header, check_method, check_url, Due, NewJob};
 use crate::store::{accounts, engine, jobs, Store};
 use crate::time::{format_rfc3339, parse_duration_ms};
 
+pub mod output;
+
 /// errand: reliable outbound API calls from a single binary and a SQLite file.
 #[derive(Debug, Parser)]
 #[command(name = "errand", version, about, propagate_version = true)]
@@ -264,7 +266,9 @@ impl BenchArgs {
 /// Runs `errand bench`: progress lines go to standard error, the report is the output.
 pub fn bench(args: &BenchArgs) -> Result<Output> {
     let opts = args.options()?;
-    let report = crate::bench::run(&opts, &mut |line| eprintln!("errand bench: {line}"))?;
+    let report = crate::bench::run(&opts, &mut |line| {
+        output::print_message(&format!("errand bench: {line}"))
+    })?;
     Ok(Output {
         text: if args.json {
             pretty(&report.to_json())

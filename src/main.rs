@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
+use errand::cli::output::{print_message, print_output};
 use errand::cli::{Cli, Command};
 use errand::config::{Config, Overrides};
 use errand::Error;
@@ -51,16 +52,22 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().filter_or("ERRAND_LOG", level)).init();
     let result = match &cli.command {
         Command::Serve { listen, workers } => serve(&cli, listen, *workers),
-        _ => errand::cli::run(&cli, &env).map(|out| {
+        _ => errand::cli::run(&cli, &env).and_then(|out| {
             if !out.text.is_empty() {
-                println!("{}", out.text);
+                print_output(&out.text).map_err(|e| {
+                    Error::Io(std::io::Error::new(
+                        e.kind(),
+                        format!("cannot write the output: {e}"),
+                    ))
+                })?;
             }
+            Ok(())
         }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("errand: {e}");
+            print_message(&format!("errand: {e}"));
             exit_code(&e)
         }
     }
