@@ -63,3 +63,24 @@ fn output_to_a_pipe_closed_early_exits_zero_without_a_panic() {
     }
 }
 
+#[test]
+fn serve_on_a_port_in_use_fails_with_exit_1_not_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = taken.local_addr().unwrap().to_string();
+    let (code, _, err) = run_cli(
+        dir.path(),
+        &["serve", "--db", "e.db", "--listen", &listen],
+        None,
+    );
+    assert_eq!(code, 1, "{err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("errand:")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
+    assert!(
+        errors[0].contains("--listen") && errors[0].contains(&listen),
+        "{err}"
+    );
+    assert!(errors[0].contains("choose another port"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
