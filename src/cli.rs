@@ -16,6 +16,7 @@ use crate::store::{accounts, engine, jobs, Store};
 use crate::time::{format_rfc3339, parse_duration_ms};
 
 pub mod output;
+pub mod usage;
 
 /// errand: reliable outbound API calls from a single binary and a SQLite file.
 #[derive(Debug, Parser)]

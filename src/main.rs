@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use errand::cli::output::{print_message, print_output};
-use errand::cli::{Cli, Command};
+use errand::cli::{usage, Cli, Command};
 use errand::config::{Config, Overrides};
 use errand::Error;
 
@@ -42,7 +42,20 @@ fn serve(cli: &Cli, listen: &Option<String>, workers: Option<usize>) -> Result<(
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) if usage::is_help(&e) => {
+            // Help and version are answers, printed as clap renders them; a closed
+            // stdout is the reader's choice.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            print_message(&format!("errand: {}", usage::usage_line(&e, &args)));
+            return ExitCode::from(2);
+        }
+    };
     // The bench starts and stops many engines: their info lines would bury its progress.
     let level = if matches!(cli.command, Command::Bench(_)) {
         "warn"

@@ -84,3 +84,50 @@ fn serve_on_a_port_in_use_fails_with_exit_1_not_a_usage_error() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+#[test]
+fn usage_errors_are_one_line_with_exit_2_and_help_still_prints() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["enqueue", "--url", "http://127.0.0.1:9/x"],
+            "see errand enqueue --help",
+        ),
+        (&["frob"], "see errand --help"),
+        (
+            &["credentials", "set", "acct9"],
+            "see errand credentials set --help",
+        ),
+        (
+            &[
+                "enqueue",
+                "--account",
+                "a",
+                "--url",
+                "http://127.0.0.1:9/x",
+                "--json",
+                "{}",
+                "--data",
+                "x",
+            ],
+            "see errand enqueue --help",
+        ),
+        (&["job"], "see errand job --help"),
+        (&["jobs", "--limit", "many"], "see errand jobs --help"),
+        (&[], "see errand --help"),
+    ];
+    for (args, hint) in cases {
+        let (code, out, err) = run_cli(dir.path(), args, None);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert_eq!(out, "", "{args:?}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {err}");
+        assert!(lines[0].starts_with("errand: "), "{args:?}: {err}");
+        assert!(lines[0].ends_with(hint), "{args:?}: {err}");
+    }
+    for args in [&["--help"][..], &["enqueue", "--help"], &["--version"]] {
+        let (code, out, err) = run_cli(dir.path(), args, None);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(out.contains("errand"), "{args:?}: {out}");
+        assert_eq!(err, "", "{args:?}");
+    }
+}
