@@ -73,11 +73,17 @@ pub enum Command {
     Pause {
         #[arg(long)]
         account: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Resume everything, or one account.
     Resume {
         #[arg(long)]
         account: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Manage credentials.
     Credentials {
@@ -90,11 +96,24 @@ pub enum Command {
         json: bool,
     },
     /// Delete rows past the configured retention and expired idempotency keys.
-    Prune,
+    Prune {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a consistent copy of the live database to PATH.
-    Backup { path: PathBuf },
+    Backup {
+        path: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the configuration and the database's integrity.
-    Check,
+    Check {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure the engine against a local target (self-contained; see README).
     Bench(BenchArgs),
 }
@@ -109,13 +128,33 @@ pub enum JobCommand {
         json: bool,
     },
     /// draft -> approved.
-    Approve { id: String },
+    Approve {
+        id: String,
+        /// Machine-readable output: the job.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cancel a draft, approved or retry job.
-    Cancel { id: String },
+    Cancel {
+        id: String,
+        /// Machine-readable output: the job.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a job in retry (or held in draft) now.
-    Retry { id: String },
+    Retry {
+        id: String,
+        /// Machine-readable output: the job.
+        #[arg(long)]
+        json: bool,
+    },
     /// canceled -> draft, for review.
-    Reopen { id: String },
+    Reopen {
+        id: String,
+        /// Machine-readable output: the job.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Credential subcommands.
@@ -131,6 +170,9 @@ pub enum CredentialsCommand {
         /// The header value, with {secret} (default "Bearer {secret}").
         #[arg(long, default_value = "Bearer {secret}")]
         format: String,
+        /// Machine-readable output: the credential's status, never the secret.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -270,18 +312,28 @@ pub fn bench(args: &BenchArgs) -> Result<Output> {
     let report = crate::bench::run(&opts, &mut |line| {
         output::print_message(&format!("errand bench: {line}"))
     })?;
-    Ok(Output {
-        text: if args.json {
-            pretty(&report.to_json())
-        } else {
-            report.table()
-        },
-    })
+    Ok(Output::new(if args.json {
+        pretty(&report.to_json())
+    } else {
+        report.table()
+    }))
 }
 
-/// What a command printed, and whether it failed (exit 1).
+/// What a command prints, and the error it fails with after printing (exit 1), as
+/// `check --json` does when it finds problems.
 pub struct Output {
     pub text: String,
+    pub failure: Option<Error>,
+}
+
+impl Output {
+    /// Output of a command that succeeded.
+    pub fn new(text: String) -> Output {
+        Output {
+            text,
+            failure: None,
+        }
+    }
 }
 
 fn parse_id(s: &str) -> Result<i64> {
@@ -418,36 +470,54 @@ pub fn run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Output> {
         }
         Command::Job { action } => {
             let store = open()?;
-            let (id, act) = match action {
+            let (id, act, json) = match action {
                 JobCommand::Show { id, json } => {
                     let job = jobs::get(&*store.read()?, parse_id(id)?)?;
                     let attempts = crate::store::attempts::list_json(&*store.read()?, job.id)?;
                     let mut v = job.to_json();
                     v["attempt_log"] = Value::Array(attempts);
-                    return Ok(Output {
-                        text: if *json { pretty(&v) } else { show_text(&job) },
-                    });
+                    return Ok(Output::new(if *json {
+                        pretty(&v)
+                    } else {
+                        show_text(&job)
+                    }));
                 }
-                JobCommand::Approve { id } => (id, UserAction::Approve),
-                JobCommand::Cancel { id } => (id, UserAction::Cancel),
-                JobCommand::Retry { id } => (id, UserAction::Retry),
-                JobCommand::Reopen { id } => (id, UserAction::Reopen),
+                JobCommand::Approve { id, json } => (id, UserAction::Approve, json),
+                JobCommand::Cancel { id, json } => (id, UserAction::Cancel, json),
+                JobCommand::Retry { id, json } => (id, UserAction::Retry, json),
+                JobCommand::Reopen { id, json } => (id, UserAction::Reopen, json),
             };
             let id = parse_id(id)?;
             let job = store.write(|tx| jobs::user_action(tx, id, act, now))?;
-            format!("job {} is {}", job.id, job.state)
+            if *json {
+                // The job as the HTTP API answers the same action.
+                pretty(&job.to_json())
+            } else {
+                format!("job {} is {}", job.id, job.state)
+            }
         }
-        Command::Pause { account } | Command::Resume { account } => {
+        Command::Pause { account, json } | Command::Resume { account, json } => {
             let paused = matches!(cli.command, Command::Pause { .. });
             let store = open()?;
             store.write(|tx| match account {
                 Some(a) => accounts::set_paused(tx, a, paused, now),
                 None => accounts::set_global_pause(tx, paused),
             })?;
-            let what = account
-                .as_deref()
-                .map_or("everything".to_string(), |a| format!("account {a}"));
-            format!("{} {what}", if paused { "paused" } else { "resumed" })
+            if *json {
+                // What the HTTP API answers: an account's standing, or the global switch.
+                pretty(&match account {
+                    Some(a) => {
+                        let a = accounts::get(&*store.read()?, a)?;
+                        json!({"account": a.account, "status": a.status, "paused": a.paused})
+                    }
+                    None => json!({"paused": paused, "account": null}),
+                })
+            } else {
+                let what = account
+                    .as_deref()
+                    .map_or("everything".to_string(), |a| format!("account {a}"));
+                format!("{} {what}", if paused { "paused" } else { "resumed" })
+            }
         }
         Command::Credentials {
             action:
@@ -456,6 +526,7 @@ pub fn run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Output> {
                     provider,
                     header,
                     format,
+                    json,
                 },
         } => {
             let mut secret = String::new();
@@ -465,7 +536,16 @@ pub fn run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Output> {
             store.write(|tx| {
                 accounts::put_credential(tx, account, provider, secret, header, format, now)
             })?;
-            format!("credential stored for {account}/{provider}")
+            if *json {
+                // As `GET /v1/accounts/{account}/credentials/{provider}`: never the secret.
+                let c = accounts::credential_status(&*store.read()?, account, provider)?;
+                pretty(
+                    &json!({"account": c.account, "provider": c.provider, "status": c.status,
+                               "reason": c.reason, "header": c.header, "updated_at": c.updated_at}),
+                )
+            } else {
+                format!("credential stored for {account}/{provider}")
+            }
         }
         Command::Stats { json } => {
             let store = open()?;
@@ -497,7 +577,7 @@ pub fn run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Output> {
                 out
             }
         }
-        Command::Prune => {
+        Command::Prune { json } => {
             let store = open()?;
             let day = 86_400_000;
             let (a, j) = store.write(|tx| {
@@ -508,9 +588,13 @@ pub fn run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Output> {
                     now - day,
                 )
             })?;
-            format!("pruned {j} finished jobs and {a} attempt rows")
+            if *json {
+                pretty(&json!({"pruned_attempts": a, "pruned_jobs": j}))
+            } else {
+                format!("pruned {j} finished jobs and {a} attempt rows")
+            }
         }
-        Command::Backup { path } => {
+        Command::Backup { path, json } => {
             if path.exists() {
                 return Err(Error::invalid(
                     "PATH",
@@ -519,16 +603,35 @@ pub fn run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Output> {
             }
             let store = open()?;
             store.backup_to(path)?;
-            format!("backup written to {}", path.display())
+            if *json {
+                let bytes = std::fs::metadata(path)?.len();
+                pretty(&json!({"path": path.display().to_string(), "bytes": bytes}))
+            } else {
+                format!("backup written to {}", path.display())
+            }
         }
-        Command::Check => {
+        Command::Check { json } => {
             let store = open()?;
             let problems = store.integrity_check()?;
-            if !problems.is_empty() {
-                return Err(Error::Database {
-                    path: config.db.display().to_string(),
-                    reason: format!("integrity check failed: {}", problems.join("; ")),
+            let failure = (!problems.is_empty()).then(|| Error::Database {
+                path: config.db.display().to_string(),
+                reason: format!("integrity check failed: {}", problems.join("; ")),
+            });
+            if *json {
+                // The problems are the output; the failure still exits 1 with its line.
+                let v = json!({
+                    "ok": problems.is_empty(),
+                    "problems": problems,
+                    "database": config.db.display().to_string(),
+                    "schema": crate::store::SCHEMA_VERSION,
                 });
+                return Ok(Output {
+                    text: pretty(&v),
+                    failure,
+                });
+            }
+            if let Some(e) = failure {
+                return Err(e);
             }
             format!(
                 "ok: configuration valid, database {} sound (schema {})",
@@ -537,7 +640,7 @@ pub fn run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Output> {
             )
         }
     };
-    Ok(Output { text })
+    Ok(Output::new(text))
 }
 
 fn show_text(j: &Job) -> String {

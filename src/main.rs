@@ -74,7 +74,7 @@ fn main() -> ExitCode {
                     ))
                 })?;
             }
-            Ok(())
+            out.failure.map_or(Ok(()), Err)
         }),
     };
     match result {

@@ -4,8 +4,10 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
+use errand::job::JobState;
 use errand::spec::NewJob;
 use errand::store::jobs;
+use serde_json::{json, Value};
 
 use crate::support::*;
 
@@ -130,4 +132,123 @@ fn usage_errors_are_one_line_with_exit_2_and_help_still_prints() {
         assert!(out.contains("errand"), "{args:?}: {out}");
         assert_eq!(err, "", "{args:?}");
     }
+}
+
+#[test]
+fn json_on_every_command_prints_one_object_and_errors_stay_one_line() {
+    let env = TestEnv::new();
+    let dir = env.dir.path();
+    let mut draft = NewJob::get("acme", "http://127.0.0.1:9/x");
+    draft.state = JobState::Draft;
+    let id = env.insert(&draft).to_string();
+    let id = id.as_str();
+    // (arguments, standard input, fields the object must have)
+    let cases: &[(&[&str], Option<&str>, Value)] = &[
+        (
+            &["job", "approve", id, "--json"],
+            None,
+            json!({"id": id, "state": "approved"}),
+        ),
+        (
+            &["job", "cancel", id, "--json"],
+            None,
+            json!({"id": id, "state": "canceled"}),
+        ),
+        (
+            &["job", "reopen", id, "--json"],
+            None,
+            json!({"id": id, "state": "draft"}),
+        ),
+        (
+            &["job", "retry", id, "--json"],
+            None,
+            json!({"id": id, "state": "approved", "account": "acme"}),
+        ),
+        (
+            &["pause", "--json"],
+            None,
+            json!({"paused": true, "account": null}),
+        ),
+        (
+            &["resume", "--json"],
+            None,
+            json!({"paused": false, "account": null}),
+        ),
+        (
+            &["pause", "--account", "acme", "--json"],
+            None,
+            json!({"account": "acme", "status": "active", "paused": true}),
+        ),
+        (
+            &["resume", "--account", "acme", "--json"],
+            None,
+            json!({"account": "acme", "paused": false}),
+        ),
+        (
+            &["credentials", "set", "acme", "pm", "--json"],
+            Some("tok-SECRET-2\n"),
+            json!({"account": "acme", "provider": "pm", "header": "Authorization"}),
+        ),
+        (
+            &["prune", "--json"],
+            None,
+            json!({"pruned_attempts": 0, "pruned_jobs": 0}),
+        ),
+        (
+            &["backup", "copy.db", "--json"],
+            None,
+            json!({"path": "copy.db"}),
+        ),
+        (
+            &["check", "--json"],
+            None,
+            json!({"ok": true, "problems": []}),
+        ),
+    ];
+    for (args, stdin, want) in cases {
+        let (code, out, err) = run_cli(dir, args, *stdin);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        let v: Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {out}"));
+        assert!(v.is_object(), "{args:?}: {out}");
+        for (k, w) in want.as_object().unwrap() {
+            assert_eq!(&v[k], w, "{args:?}: {k} in {out}");
+        }
+        assert!(!out.contains("SECRET"), "{args:?}: {out}");
+    }
+    let (code, out, _) = run_cli(dir, &["backup", "copy2.db", "--json"], None);
+    assert_eq!(code, 0);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert!(v["bytes"].as_u64().unwrap() > 0, "{out}");
+    // A refused action is still a failure with one line on stderr, nothing on stdout.
+    let (code, out, err) = run_cli(dir, &["job", "reopen", id, "--json"], None);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(out, "");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("approved"), "{err}");
+}
+
+#[test]
+fn check_json_prints_the_problems_then_fails_with_exit_1() {
+    let env = TestEnv::new();
+    // An index whose definition no longer matches its entries: integrity_check reports
+    // the rows missing from it.
+    let conn = rusqlite::Connection::open(env.db_path()).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE t (a INTEGER, b INTEGER);
+         CREATE INDEX t_a ON t (a);
+         INSERT INTO t VALUES (1, 10), (2, 20);
+         PRAGMA writable_schema = ON;
+         UPDATE sqlite_schema SET sql = 'CREATE INDEX t_a ON t (b)' WHERE name = 't_a';
+         PRAGMA writable_schema = OFF;",
+    )
+    .unwrap();
+    drop(conn);
+    let (code, out, err) = run_cli(env.dir.path(), &["check", "--json"], None);
+    assert_eq!(code, 1, "{err}");
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(v["ok"], false, "{out}");
+    assert!(!v["problems"].as_array().unwrap().is_empty(), "{out}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("integrity check failed"), "{err}");
 }
