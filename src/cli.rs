@@ -15,6 +15,12 @@ use crate::spec::{check_header, check_method, check_url, Due, NewJob};
 use crate::store::{accounts, engine, jobs, Store};
 use crate::time::{format_rfc3339, parse_duration_ms};
 
+mod bench;
+pub mod output;
+pub mod usage;
+
+pub use bench::{bench, BenchArgs};
+
 /// errand: reliable outbound API calls from a single binary and a SQLite file.
 #[derive(Debug, Parser)]
 #[command(name = "errand", version, about, propagate_version = true)]
@@ -70,11 +76,17 @@ pub enum Command {
     Pause {
         #[arg(long)]
         account: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Resume everything, or one account.
     Resume {
         #[arg(long)]
         account: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
     },
     /// Manage credentials.
     Credentials {
@@ -87,11 +99,24 @@ pub enum Command {
         json: bool,
     },
     /// Delete rows past the configured retention and expired idempotency keys.
-    Prune,
+    Prune {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a consistent copy of the live database to PATH.
-    Backup { path: PathBuf },
+    Backup {
+        path: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the configuration and the database's integrity.
-    Check,
+    Check {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Measure the engine against a local target (self-contained; see README).
     Bench(BenchArgs),
 }
@@ -106,13 +131,33 @@ pub enum JobCommand {
         json: bool,
     },
     /// draft -> approved.
-    Approve { id: String },
+    Approve {
+        id: String,
+        /// Machine-readable output: the job.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cancel a draft, approved or retry job.
-    Cancel { id: String },
+    Cancel {
+        id: String,
+        /// Machine-readable output: the job.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a job in retry (or held in draft) now.
-    Retry { id: String },
+    Retry {
+        id: String,
+        /// Machine-readable output: the job.
+        #[arg(long)]
+        json: bool,
+    },
     /// canceled -> draft, for review.
-    Reopen { id: String },
+    Reopen {
+        id: String,
+        /// Machine-readable output: the job.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Credential subcommands.
@@ -128,6 +173,9 @@ pub enum CredentialsCommand {
         /// The header value, with {secret} (default "Bearer {secret}").
         #[arg(long, default_value = "Bearer {secret}")]
         format: String,
+        /// Machine-readable output: the credential's status, never the secret.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -161,122 +209,21 @@ pub struct EnqueueArgs {
     pub draft: bool,
 }
 
-/// `errand bench` flags (defaults: the full bench of issue #7).
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// Jobs per drain.
-    #[arg(long, short = 'n', default_value_t = 50_000)]
-    pub jobs: usize,
-    /// Engine workers (and raw-ceiling threads).
-    #[arg(long, default_value_t = 16)]
-    pub workers: usize,
-    /// Repetitions of each scenario; figures are medians.
-    #[arg(long, default_value_t = 3)]
-    pub runs: usize,
-    /// Scenarios to run, comma-separated: drain, enqueue, latency, history, slow (default all).
-    #[arg(long, value_delimiter = ',', value_name = "LIST")]
-    pub scenario: Vec<String>,
-    /// normal, or full (then the drain also runs at normal for the ratio).
-    #[arg(long, default_value = "normal")]
-    pub synchronous: String,
-    /// The target's answer latency in ms (drain, latency, history).
-    #[arg(long, default_value_t = 0.0, value_name = "MS")]
-    pub target_latency_ms: f64,
-    /// Share of requests the target answers 503 (0 to below 1).
-    #[arg(long, default_value_t = 0.0)]
-    pub fail_rate: f64,
-    /// Rows of history for the history scenario.
-    #[arg(long, default_value_t = 1_000_000, value_name = "ROWS")]
-    pub history: usize,
-    /// Jobs enqueued (and outbox rows drained) per run.
-    #[arg(long, default_value_t = 50_000)]
-    pub enqueue_jobs: usize,
-    /// Steady rate (jobs/s) and jobs of the latency scenario.
-    #[arg(long, default_value_t = 500)]
-    pub latency_rate: u32,
-    #[arg(long, default_value_t = 2_500)]
-    pub latency_jobs: usize,
-    /// The slow scenario: jobs, workers and target latency (ms).
-    #[arg(long, default_value_t = 20_000)]
-    pub slow_jobs: usize,
-    #[arg(long, default_value_t = 256)]
-    pub slow_workers: usize,
-    #[arg(long, default_value_t = 50, value_name = "MS")]
-    pub slow_latency_ms: u64,
-    /// Directory for the temporary databases (default: the system's temp directory).
-    #[arg(long, value_name = "DIR")]
-    pub dir: Option<PathBuf>,
-    /// Machine-readable output.
-    #[arg(long)]
-    pub json: bool,
-}
-
-impl BenchArgs {
-    /// The validated bench options.
-    pub fn options(&self) -> Result<crate::bench::Options> {
-        let scenarios = if self.scenario.is_empty() {
-            crate::bench::Scenario::ALL.to_vec()
-        } else {
-            self.scenario
-                .iter()
-                .map(|s| s.trim().parse())
-                .collect::<Result<Vec<_>>>()?
-        };
-        let synchronous = match self.synchronous.as_str() {
-            "normal" => crate::store::Synchronous::Normal,
-            "full" => crate::store::Synchronous::Full,
-            other => {
-                return Err(Error::invalid(
-                    "--synchronous",
-                    format!("{other:?} is not normal or full"),
-                ))
-            }
-        };
-        if !(0.0..=60_000.0).contains(&self.target_latency_ms) {
-            return Err(Error::invalid(
-                "--target-latency-ms",
-                "must be from 0 to 60000",
-            ));
-        }
-        let opts = crate::bench::Options {
-            jobs: self.jobs,
-            workers: self.workers,
-            runs: self.runs,
-            scenarios,
-            synchronous,
-            target_latency: std::time::Duration::from_secs_f64(self.target_latency_ms / 1000.0),
-            fail_rate: self.fail_rate,
-            history_rows: self.history,
-            enqueue_clients: 32,
-            enqueue_jobs: self.enqueue_jobs,
-            latency_rate: self.latency_rate,
-            latency_jobs: self.latency_jobs,
-            slow_jobs: self.slow_jobs,
-            slow_workers: self.slow_workers,
-            slow_latency: std::time::Duration::from_millis(self.slow_latency_ms),
-            dir: self.dir.clone(),
-        };
-        opts.validate()?;
-        Ok(opts)
-    }
-}
-
-/// Runs `errand bench`: progress lines go to standard error, the report is the output.
-pub fn bench(args: &BenchArgs) -> Result<Output> {
-    let opts = args.options()?;
-    let report = crate::bench::run(&opts, &mut |line| eprintln!("errand bench: {line}"))?;
-    Ok(Output {
-        text: if args.json {
-            pretty(&report.to_json())
-        } else {
-            report.table()
-        },
-    })
-}
-
-/// What a command printed, and whether it failed (exit 1).
+/// What a command prints, and the error it fails with after printing (exit 1), as
+/// `check --json` does when it finds problems.
 pub struct Output {
     pub text: String,
+    pub failure: Option<Error>,
+}
+
+impl Output {
+    /// Output of a command that succeeded.
+    pub fn new(text: String) -> Output {
+        Output {
+            text,
+            failure: None,
+        }
+    }
 }
 
 fn parse_id(s: &str) -> Result<i64> {
@@ -413,36 +360,54 @@ pub fn run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Output> {
         }
         Command::Job { action } => {
             let store = open()?;
-            let (id, act) = match action {
+            let (id, act, json) = match action {
                 JobCommand::Show { id, json } => {
                     let job = jobs::get(&*store.read()?, parse_id(id)?)?;
                     let attempts = crate::store::attempts::list_json(&*store.read()?, job.id)?;
                     let mut v = job.to_json();
                     v["attempt_log"] = Value::Array(attempts);
-                    return Ok(Output {
-                        text: if *json { pretty(&v) } else { show_text(&job) },
-                    });
+                    return Ok(Output::new(if *json {
+                        pretty(&v)
+                    } else {
+                        show_text(&job)
+                    }));
                 }
-                JobCommand::Approve { id } => (id, UserAction::Approve),
-                JobCommand::Cancel { id } => (id, UserAction::Cancel),
-                JobCommand::Retry { id } => (id, UserAction::Retry),
-                JobCommand::Reopen { id } => (id, UserAction::Reopen),
+                JobCommand::Approve { id, json } => (id, UserAction::Approve, json),
+                JobCommand::Cancel { id, json } => (id, UserAction::Cancel, json),
+                JobCommand::Retry { id, json } => (id, UserAction::Retry, json),
+                JobCommand::Reopen { id, json } => (id, UserAction::Reopen, json),
             };
             let id = parse_id(id)?;
             let job = store.write(|tx| jobs::user_action(tx, id, act, now))?;
-            format!("job {} is {}", job.id, job.state)
+            if *json {
+                // The job as the HTTP API answers the same action.
+                pretty(&job.to_json())
+            } else {
+                format!("job {} is {}", job.id, job.state)
+            }
         }
-        Command::Pause { account } | Command::Resume { account } => {
+        Command::Pause { account, json } | Command::Resume { account, json } => {
             let paused = matches!(cli.command, Command::Pause { .. });
             let store = open()?;
             store.write(|tx| match account {
                 Some(a) => accounts::set_paused(tx, a, paused, now),
                 None => accounts::set_global_pause(tx, paused),
             })?;
-            let what = account
-                .as_deref()
-                .map_or("everything".to_string(), |a| format!("account {a}"));
-            format!("{} {what}", if paused { "paused" } else { "resumed" })
+            if *json {
+                // What the HTTP API answers: an account's standing, or the global switch.
+                pretty(&match account {
+                    Some(a) => {
+                        let a = accounts::get(&*store.read()?, a)?;
+                        json!({"account": a.account, "status": a.status, "paused": a.paused})
+                    }
+                    None => json!({"paused": paused, "account": null}),
+                })
+            } else {
+                let what = account
+                    .as_deref()
+                    .map_or("everything".to_string(), |a| format!("account {a}"));
+                format!("{} {what}", if paused { "paused" } else { "resumed" })
+            }
         }
         Command::Credentials {
             action:
@@ -451,6 +416,7 @@ pub fn run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Output> {
                     provider,
                     header,
                     format,
+                    json,
                 },
         } => {
             let mut secret = String::new();
@@ -460,7 +426,16 @@ pub fn run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Output> {
             store.write(|tx| {
                 accounts::put_credential(tx, account, provider, secret, header, format, now)
             })?;
-            format!("credential stored for {account}/{provider}")
+            if *json {
+                // As `GET /v1/accounts/{account}/credentials/{provider}`: never the secret.
+                let c = accounts::credential_status(&*store.read()?, account, provider)?;
+                pretty(
+                    &json!({"account": c.account, "provider": c.provider, "status": c.status,
+                               "reason": c.reason, "header": c.header, "updated_at": c.updated_at}),
+                )
+            } else {
+                format!("credential stored for {account}/{provider}")
+            }
         }
         Command::Stats { json } => {
             let store = open()?;
@@ -492,7 +467,7 @@ pub fn run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Output> {
                 out
             }
         }
-        Command::Prune => {
+        Command::Prune { json } => {
             let store = open()?;
             let day = 86_400_000;
             let (a, j) = store.write(|tx| {
@@ -503,9 +478,13 @@ pub fn run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Output> {
                     now - day,
                 )
             })?;
-            format!("pruned {j} finished jobs and {a} attempt rows")
+            if *json {
+                pretty(&json!({"pruned_attempts": a, "pruned_jobs": j}))
+            } else {
+                format!("pruned {j} finished jobs and {a} attempt rows")
+            }
         }
-        Command::Backup { path } => {
+        Command::Backup { path, json } => {
             if path.exists() {
                 return Err(Error::invalid(
                     "PATH",
@@ -514,16 +493,35 @@ pub fn run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Output> {
             }
             let store = open()?;
             store.backup_to(path)?;
-            format!("backup written to {}", path.display())
+            if *json {
+                let bytes = std::fs::metadata(path)?.len();
+                pretty(&json!({"path": path.display().to_string(), "bytes": bytes}))
+            } else {
+                format!("backup written to {}", path.display())
+            }
         }
-        Command::Check => {
+        Command::Check { json } => {
             let store = open()?;
             let problems = store.integrity_check()?;
-            if !problems.is_empty() {
-                return Err(Error::Database {
-                    path: config.db.display().to_string(),
-                    reason: format!("integrity check failed: {}", problems.join("; ")),
+            let failure = (!problems.is_empty()).then(|| Error::Database {
+                path: config.db.display().to_string(),
+                reason: format!("integrity check failed: {}", problems.join("; ")),
+            });
+            if *json {
+                // The problems are the output; the failure still exits 1 with its line.
+                let v = json!({
+                    "ok": problems.is_empty(),
+                    "problems": problems,
+                    "database": config.db.display().to_string(),
+                    "schema": crate::store::SCHEMA_VERSION,
                 });
+                return Ok(Output {
+                    text: pretty(&v),
+                    failure,
+                });
+            }
+            if let Some(e) = failure {
+                return Err(e);
             }
             format!(
                 "ok: configuration valid, database {} sound (schema {})",
@@ -532,7 +530,7 @@ pub fn run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Output> {
             )
         }
     };
-    Ok(Output { text })
+    Ok(Output::new(text))
 }
 
 fn show_text(j: &Job) -> String {

@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use errand::cli::{Cli, Command};
+use errand::cli::output::{print_message, print_output};
+use errand::cli::{usage, Cli, Command};
 use errand::config::{Config, Overrides};
 use errand::Error;
 
@@ -41,7 +42,20 @@ fn serve(cli: &Cli, listen: &Option<String>, workers: Option<usize>) -> Result<(
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) if usage::is_help(&e) => {
+            // Help and version are answers, printed as clap renders them; a closed
+            // stdout is the reader's choice.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            print_message(&format!("errand: {}", usage::usage_line(&e, &args)));
+            return ExitCode::from(2);
+        }
+    };
     // The bench starts and stops many engines: their info lines would bury its progress.
     let level = if matches!(cli.command, Command::Bench(_)) {
         "warn"
@@ -51,16 +65,22 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().filter_or("ERRAND_LOG", level)).init();
     let result = match &cli.command {
         Command::Serve { listen, workers } => serve(&cli, listen, *workers),
-        _ => errand::cli::run(&cli, &env).map(|out| {
+        _ => errand::cli::run(&cli, &env).and_then(|out| {
             if !out.text.is_empty() {
-                println!("{}", out.text);
+                print_output(&out.text).map_err(|e| {
+                    Error::Io(std::io::Error::new(
+                        e.kind(),
+                        format!("cannot write the output: {e}"),
+                    ))
+                })?;
             }
+            out.failure.map_or(Ok(()), Err)
         }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("errand: {e}");
+            print_message(&format!("errand: {e}"));
             exit_code(&e)
         }
     }

@@ -158,21 +158,34 @@ pub struct HttpServer {
 impl HttpServer {
     /// Binds `listen` and starts the handler threads and the responder.
     pub fn start(listen: &str, api: Arc<Api>) -> Result<HttpServer> {
-        let cannot = |e: &dyn std::fmt::Display| {
+        let timeout = std::time::Duration::from_millis(api.shared.config.http_timeout_ms);
+        let addr = tiny_http::ConfigListenAddr::from_socket_addrs(listen).map_err(|e| {
             Error::invalid(
                 "--listen",
-                format!("cannot listen on {listen}: {e}; is another errand running there?"),
+                format!("{listen:?} is not an address: {e}; use HOST:PORT such as 127.0.0.1:8717"),
             )
-        };
-        let timeout = std::time::Duration::from_millis(api.shared.config.http_timeout_ms);
+        })?;
         let server = tiny_http::Server::new(tiny_http::ServerConfig {
-            addr: tiny_http::ConfigListenAddr::from_socket_addrs(listen).map_err(|e| cannot(&e))?,
+            addr,
             ssl: None,
             // An idle or stalled client gives its connection thread back (tiny_http keeps
             // one per connection), and cannot hold an answering thread by not reading.
             socket_timeout: Some(timeout),
         })
-        .map_err(|e| cannot(&e))?;
+        // A valid address that cannot be bound (in use, not ours) is a failure, not a
+        // usage error: the same command may work once the port is free.
+        .map_err(|e| {
+            let kind = e
+                .downcast_ref::<std::io::Error>()
+                .map_or(std::io::ErrorKind::Other, std::io::Error::kind);
+            Error::Io(std::io::Error::new(
+                kind,
+                format!(
+                    "--listen: cannot listen on {listen}: {e}; is another errand running \
+                     there? Stop it or choose another port with --listen"
+                ),
+            ))
+        })?;
         let addr = server
             .server_addr()
             .to_ip()

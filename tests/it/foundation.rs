@@ -295,6 +295,7 @@ fn cli_errors_are_one_line_with_the_right_exit_code() {
     let (code, _, err) = run_cli(dir.path(), &["enqueue", "--account", "acme"], None);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--url"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
     let (code, _, err) = run_cli(
         dir.path(),
         &["enqueue", "--account", "a", "--url", "ftp://x/"],

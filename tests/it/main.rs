@@ -8,6 +8,7 @@ mod support;
 mod admin;
 pub(crate) mod api;
 mod bench;
+mod cli;
 mod engine;
 mod flows;
 mod foundation;
