@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::backoff::Backoff;
+use crate::channel::Schema;
 use crate::error::{Error, Result};
 use crate::store::Synchronous;
 
@@ -268,8 +269,8 @@ pub struct Config {
     pub retention_jobs_days: Option<i64>,
     pub alerts: Alerts,
     pub providers: BTreeMap<String, Provider>,
-    /// Channel payload schemas, as given (validated by the channels module).
-    pub channels: BTreeMap<String, Value>,
+    /// Channel payload schemas (`[channels.NAME] schema = ...`), parsed when loaded.
+    pub channels: BTreeMap<String, Schema>,
 }
 
 impl Default for Config {
@@ -473,10 +474,11 @@ impl Config {
             providers.insert(name.clone(), provider(&name, p)?);
         }
         let mut channels = BTreeMap::new();
-        for (name, c) in raw.channels {
-            let v = serde_json::to_value(&c)
-                .map_err(|e| bad(&format!("channels.{name}"), e.to_string()))?;
-            channels.insert(name, v);
+        for (name, section) in raw.channels {
+            let section = serde_json::to_value(&section)
+                .map_err(|_| bad(&format!("channels.{name}"), "cannot be read as JSON"))?;
+            let schema = Schema::from_config(&name, &section)?;
+            channels.insert(name, schema);
         }
         Ok(Config {
             db: raw.db.unwrap_or(d.db),
@@ -696,6 +698,46 @@ schema = { required = ["to", "subject"], properties = { to = "string", subject =
             let e = Config::from_toml(text).unwrap_err().to_string();
             assert!(e.contains(key), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn a_bad_channel_schema_is_refused_when_loaded() {
+        // Regression: these passed `errand check`, then every event on the channel (and
+        // every drain pass behind its first outbox row) failed.
+        for (schema, key, reason) in [
+            (
+                "{ required = [\"to\"], properties = { to = \"strng\" } }",
+                "channels.bad.schema.properties.to",
+                "must be one of string, number",
+            ),
+            (
+                "{ properties = { a = 5 } }",
+                "channels.bad.schema.properties.a",
+                "must be one of string, number",
+            ),
+            (
+                "{ required = \"a\" }",
+                "channels.bad.schema.required",
+                "must be a list of field names",
+            ),
+            (
+                "{ requird = [\"a\"] }",
+                "channels.bad.schema.requird",
+                "unknown key",
+            ),
+        ] {
+            let text = format!("[channels.bad]\nschema = {schema}\n");
+            let e = Config::from_toml(&text).unwrap_err();
+            assert!(matches!(e, Error::Config { .. }), "{e}");
+            let e = e.to_string();
+            assert!(e.starts_with(&format!("config: {key}: {reason}")), "{e}");
+        }
+        let e = Config::from_toml("[channels.bad]\ncolour = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("config: channels.bad.colour: "), "{e}");
+        let c = Config::from_toml(SPEC_EXAMPLE).unwrap();
+        assert_eq!(c.channels["email"].required, ["to", "subject"]);
     }
 
     #[test]

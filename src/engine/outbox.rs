@@ -17,7 +17,7 @@ const BATCH: usize = 1000;
 /// when the channel has none). The error names the field.
 pub fn check_payload(config: &Config, channel: &str, payload: &Value) -> Result<()> {
     match config.channels.get(channel) {
-        Some(section) => crate::channel::Schema::from_config(channel, section)?.check(payload),
+        Some(schema) => schema.check(payload),
         None if payload.is_object() => Ok(()),
         None => Err(Error::invalid("payload", "must be a JSON object")),
     }
