@@ -68,7 +68,10 @@ pub struct Schema {
 impl Schema {
     /// Reads `[channels.NAME]` as given in the config (`{"schema": {...}}`).
     pub fn from_config(name: &str, section: &Value) -> Result<Schema> {
-        let key = |k: &str| format!("channels.{name}.{k}");
+        let key = |k: &str| match k {
+            "" => format!("channels.{name}"),
+            k => format!("channels.{name}.{k}"),
+        };
         let bad = |k: &str, why: &str| Error::Config {
             key: key(k),
             reason: why.to_string(),

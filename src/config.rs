@@ -1,6 +1,8 @@
 //! Configuration: the TOML file, `ERRAND_*` environment overrides and command-line flags,
 //! parsed once and validated into a [`Config`] that cannot hold a bad value.
 
+mod toml_error;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -8,6 +10,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::backoff::Backoff;
+use crate::channel::Schema;
 use crate::error::{Error, Result};
 use crate::store::Synchronous;
 
@@ -268,8 +271,8 @@ pub struct Config {
     pub retention_jobs_days: Option<i64>,
     pub alerts: Alerts,
     pub providers: BTreeMap<String, Provider>,
-    /// Channel payload schemas, as given (validated by the channels module).
-    pub channels: BTreeMap<String, Value>,
+    /// Channel payload schemas (`[channels.NAME] schema = ...`), parsed when loaded.
+    pub channels: BTreeMap<String, Schema>,
 }
 
 impl Default for Config {
@@ -315,25 +318,32 @@ fn bad(key: &str, reason: impl Into<String>) -> Error {
     }
 }
 
+/// A shared validator's `Invalid`, which names the full key itself, as a config error on
+/// that key: the key is said once.
+fn as_config(e: Error) -> Error {
+    match e {
+        Error::Invalid { field, message } => Error::Config {
+            key: field,
+            reason: message,
+        },
+        other => other,
+    }
+}
+
 impl Config {
     /// Loads the configuration: the file (`--config`, else `ERRAND_CONFIG`, else none),
     /// then `ERRAND_*` variables from `env`, then the flags.
     pub fn load(flags: &Overrides, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
-        let path = flags
-            .config
-            .clone()
-            .or_else(|| env("ERRAND_CONFIG").map(PathBuf::from));
+        // Errors name where a value came from: the flag or variable, else the file's key.
+        let path = match (&flags.config, env("ERRAND_CONFIG")) {
+            (Some(p), _) => Some(("--config", p.clone())),
+            (None, Some(p)) => Some(("ERRAND_CONFIG", PathBuf::from(p))),
+            (None, None) => None,
+        };
         let raw = match &path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| {
-                    bad(
-                        "config",
-                        format!(
-                            "cannot read {}: {e}; check --config / ERRAND_CONFIG",
-                            p.display()
-                        ),
-                    )
-                })?;
+            Some((source, p)) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| bad(source, format!("cannot read {}: {e}", p.display())))?;
                 Config::parse_toml(&text, p)?
             }
             None => RawConfig::default(),
@@ -345,8 +355,10 @@ impl Config {
         if let Some(v) = env("ERRAND_LISTEN") {
             cfg.listen = v;
         }
+        let mut api_token_key = "api_token";
         if let Some(v) = env("ERRAND_API_TOKEN") {
             cfg.api_token = Some(v).filter(|t| !t.is_empty());
+            api_token_key = "ERRAND_API_TOKEN";
         }
         if let Some(v) = env("ERRAND_NOTIFY_SECRET").filter(|v| !v.is_empty()) {
             cfg.notify_secret = Some(
@@ -373,47 +385,13 @@ impl Config {
             cfg.workers = v;
         }
         if cfg.api_token.as_ref().is_some_and(|t| t.len() < 16) {
-            return Err(bad("api_token", "must be at least 16 characters"));
+            return Err(bad(api_token_key, "must be at least 16 characters"));
         }
         Ok(cfg)
     }
 
     fn parse_toml(text: &str, path: &Path) -> Result<RawConfig> {
-        toml::from_str::<RawConfig>(text).map_err(|e| {
-            // Name the key (the span, or the key of the line it points into) or else the
-            // line. Never echo a value from the file: it may be the API token, so a value
-            // quoted in the parser's message is masked too.
-            let looks_like_key = |s: &str| {
-                !s.is_empty()
-                    && s.len() < 80
-                    && s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '[')
-                    && s.chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "_-.[]".contains(c))
-            };
-            let mut msg = e.message().to_string();
-            let key = e.span().and_then(|span| {
-                let start = text.get(..span.start)?;
-                let line_no = start.matches('\n').count() + 1;
-                let line_start = start.rfind('\n').map_or(0, |i| i + 1);
-                let line = text.get(line_start..)?.lines().next().unwrap_or("");
-                let spanned = text.get(span).map(str::trim).unwrap_or("");
-                if spanned.len() >= 3 && !looks_like_key(spanned) {
-                    msg = msg.replace(spanned, "<value>");
-                }
-                let line_key = line.split_once('=').map(|(k, _)| k.trim());
-                Some(
-                    match (
-                        looks_like_key(spanned),
-                        line_key.filter(|k| looks_like_key(k)),
-                    ) {
-                        (true, _) => spanned.to_string(),
-                        (false, Some(k)) => k.to_string(),
-                        (false, None) => format!("{} line {line_no}", path.display()),
-                    },
-                )
-            });
-            bad(&key.unwrap_or_else(|| path.display().to_string()), msg)
-        })
+        toml::from_str::<RawConfig>(text).map_err(|e| toml_error::describe(&e, text, path))
     }
 
     /// Parses a configuration from TOML text (for tests and `errand check`).
@@ -445,7 +423,7 @@ impl Config {
             ("triage_url", &raw.triage_url),
         ] {
             if let Some(u) = url {
-                crate::spec::check_url(key, u).map_err(|e| bad(key, e.to_string()))?;
+                crate::spec::check_url(key, u).map_err(as_config)?;
             }
         }
         let notify_secret = match &raw.notify_secret {
@@ -473,10 +451,11 @@ impl Config {
             providers.insert(name.clone(), provider(&name, p)?);
         }
         let mut channels = BTreeMap::new();
-        for (name, c) in raw.channels {
-            let v = serde_json::to_value(&c)
-                .map_err(|e| bad(&format!("channels.{name}"), e.to_string()))?;
-            channels.insert(name, v);
+        for (name, section) in raw.channels {
+            let section = serde_json::to_value(&section)
+                .map_err(|_| bad(&format!("channels.{name}"), "cannot be read as JSON"))?;
+            let schema = Schema::from_config(&name, &section)?;
+            channels.insert(name, schema);
         }
         Ok(Config {
             db: raw.db.unwrap_or(d.db),
@@ -533,8 +512,7 @@ fn provider(name: &str, p: RawProvider) -> Result<Provider> {
     let key = |k: &str| format!("providers.{name}.{k}");
     let base_urls = p.base_url.map(OneOrMany::into_vec).unwrap_or_default();
     for u in &base_urls {
-        crate::spec::check_url(&key("base_url"), u)
-            .map_err(|e| bad(&key("base_url"), e.to_string()))?;
+        crate::spec::check_url(&key("base_url"), u).map_err(as_config)?;
     }
     if p.timeout_ms.is_some_and(|t| !(1..=600_000).contains(&t)) {
         return Err(bad(&key("timeout_ms"), "must be from 1 to 600000"));
@@ -543,8 +521,7 @@ fn provider(name: &str, p: RawProvider) -> Result<Provider> {
         return Err(bad(&key("max_attempts"), "must be from 1 to 1000"));
     }
     if let Some(b) = &p.backoff {
-        b.validate(&key("backoff"))
-            .map_err(|e| bad(&key("backoff"), e.to_string()))?;
+        b.validate(&key("backoff")).map_err(as_config)?;
     }
     if let Some(r) = &p.rate_limit {
         if !(r.per_second > 0.0 && r.per_second.is_finite()) || r.burst.is_some_and(|b| b < 1.0) {
@@ -699,6 +676,142 @@ schema = { required = ["to", "subject"], properties = { to = "string", subject =
     }
 
     #[test]
+    fn a_bad_nested_key_is_named_with_its_full_path() {
+        // Regression: only the last segment was named (`config: timeout_ms: ...`).
+        for (text, want) in [
+            (
+                "[providers.t]\ntimeout_ms = \"x\"",
+                "config: providers.t.timeout_ms: invalid type: string, expected i64",
+            ),
+            (
+                "[providers.t]\ncolour = \"red\"",
+                "config: providers.t.colour: unknown field `colour`",
+            ),
+            (
+                "[providers.t]\nbackoff = { initial_ms = 1000, multiplier = 2.0 }",
+                "config: providers.t.backoff: missing field `max_ms`",
+            ),
+            (
+                "[alerts]\nmax_failure_ratio = \"x\"",
+                "config: alerts.max_failure_ratio: invalid type: string, expected f64",
+            ),
+            (
+                "[providers.t]\nrate_limit = { per_second = 5.0, per_acount = true }",
+                "config: providers.t.rate_limit.per_acount: unknown field `per_acount`",
+            ),
+            (
+                "[providers.t.backoff]\ninitial_ms = 1000",
+                "config: providers.t.backoff: missing field `multiplier`",
+            ),
+            (
+                "[[providers.t.rules]]\nstatus = [400]\ncategory = \"forbidden\"\n\n[[providers.t.rules]]\nstatus = [400, \"x\"]\ncategory = \"forbidden\"",
+                "config: providers.t.rules[1].status[1]: invalid type: string, expected u16",
+            ),
+            (
+                "providers = { t = { max_attempts = 1.5 } }",
+                "config: providers.t.max_attempts: invalid type: floating point, expected i64",
+            ),
+        ] {
+            let e = Config::from_toml(text).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{text}:\n got {e}\nwant {want}");
+        }
+    }
+
+    #[test]
+    fn a_bad_channel_schema_is_refused_when_loaded() {
+        // Regression: these passed `errand check`, then every event on the channel (and
+        // every drain pass behind its first outbox row) failed.
+        for (schema, key, reason) in [
+            (
+                "{ required = [\"to\"], properties = { to = \"strng\" } }",
+                "channels.bad.schema.properties.to",
+                "must be one of string, number",
+            ),
+            (
+                "{ properties = { a = 5 } }",
+                "channels.bad.schema.properties.a",
+                "must be one of string, number",
+            ),
+            (
+                "{ required = \"a\" }",
+                "channels.bad.schema.required",
+                "must be a list of field names",
+            ),
+            (
+                "{ requird = [\"a\"] }",
+                "channels.bad.schema.requird",
+                "unknown key",
+            ),
+        ] {
+            let text = format!("[channels.bad]\nschema = {schema}\n");
+            let e = Config::from_toml(&text).unwrap_err();
+            assert!(matches!(e, Error::Config { .. }), "{e}");
+            let e = e.to_string();
+            assert!(e.starts_with(&format!("config: {key}: {reason}")), "{e}");
+        }
+        let e = Config::from_toml("[channels.bad]\ncolour = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("config: channels.bad.colour: "), "{e}");
+        let c = Config::from_toml(SPEC_EXAMPLE).unwrap();
+        assert_eq!(c.channels["email"].required, ["to", "subject"]);
+    }
+
+    #[test]
+    fn every_message_names_its_key_once() {
+        // Regression: `config: notify_url: notify_url: ...`, `config: config: cannot read`.
+        for (text, want) in [
+            (
+                "notify_url = \"ftp://x\"",
+                "config: notify_url: must be an http",
+            ),
+            (
+                "[providers.t]\nbase_url = \"nope\"",
+                "config: providers.t.base_url: must be an http",
+            ),
+            (
+                "[providers.t]\nbackoff = { initial_ms = 0, multiplier = 2.0, max_ms = 1 }",
+                "config: providers.t.backoff.initial_ms: must be at least 1",
+            ),
+        ] {
+            let e = Config::from_toml(text).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{text}: {e}");
+        }
+        let no_env = |_: &str| None;
+        let flags = Overrides {
+            config: Some(PathBuf::from("/nonexistent/errand.toml")),
+            ..Default::default()
+        };
+        let e = Config::load(&flags, &no_env).unwrap_err().to_string();
+        assert!(
+            e.starts_with("config: --config: cannot read /nonexistent/errand.toml: "),
+            "{e}"
+        );
+        let env = |k: &str| (k == "ERRAND_CONFIG").then(|| "/nonexistent/errand.toml".into());
+        let e = Config::load(&Overrides::default(), &env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("config: ERRAND_CONFIG: cannot read "), "{e}");
+        let env = |k: &str| (k == "ERRAND_API_TOKEN").then(|| "short".into());
+        let e = Config::load(&Overrides::default(), &env)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "config: ERRAND_API_TOKEN: must be at least 16 characters"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("errand.toml");
+        std::fs::write(&file, "api_token = \"short\"\n").unwrap();
+        let flags = Overrides {
+            config: Some(file),
+            ..Default::default()
+        };
+        let e = Config::load(&flags, &no_env).unwrap_err().to_string();
+        assert_eq!(e, "config: api_token: must be at least 16 characters");
+    }
+
+    #[test]
     fn the_base_url_allowlist_compares_parsed_urls() {
         let base = "https://api.example.com";
         assert!(url_within("https://api.example.com/v1/x", base));
@@ -733,6 +846,18 @@ schema = { required = ["to", "subject"], properties = { to = "string", subject =
             .to_string();
         assert!(!e.contains("12345678901234567890"), "{e}");
         assert!(e.contains("api_token"), "{e}");
+        // A literal string, an escaped one and one holding the parser's own wording.
+        for value in [
+            "'s3cret-literal-value'",
+            "\"s3cret\\u0041-escaped\"",
+            "\"s3cret, expected x\"",
+        ] {
+            let e = Config::from_toml(&format!("[providers.t]\ntimeout_ms = {value}"))
+                .unwrap_err()
+                .to_string();
+            assert!(!e.contains("s3cret"), "{e}");
+            assert!(e.contains("providers.t.timeout_ms"), "{e}");
+        }
     }
 
     #[test]

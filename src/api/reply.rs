@@ -78,6 +78,13 @@ impl Reply {
                 "errand is shutting down; retry shortly",
             )
             .header("Retry-After", "5"),
+            // Part of the configuration cannot serve the request (it is checked when
+            // loaded, so this is a defence): the operator must fix it, not the client.
+            // A config error names a key, never a value.
+            Error::Config { .. } => {
+                log::error!("configuration error answering a request: {e}");
+                Reply::error(503, "config", &e.to_string())
+            }
             other => {
                 log::error!("internal error answering a request: {other}");
                 Reply::error(
@@ -98,5 +105,25 @@ impl Reply {
             }
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_config_error_is_a_503_naming_the_key_not_a_500() {
+        let r = Reply::from_error(&Error::Config {
+            key: "channels.bad.schema".into(),
+            reason: "must be a table".into(),
+        });
+        assert_eq!(r.status, 503);
+        let v: Value = serde_json::from_slice(&r.body).expect("json");
+        assert_eq!(v["error"]["code"], "config");
+        assert_eq!(
+            v["error"]["message"],
+            "config: channels.bad.schema: must be a table"
+        );
     }
 }

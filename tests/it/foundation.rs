@@ -353,6 +353,18 @@ fn cli_pause_credentials_stats_backup_check() {
     let (code, _, err) = run_cli(dir.path(), &["--config", "bad.toml", "check"], None);
     assert_eq!(code, 2);
     assert!(err.contains("workers"), "{err}");
+    // Regression: a channel schema errand cannot use passed `check` (and `serve`).
+    std::fs::write(
+        dir.path().join("bad.toml"),
+        "[channels.bad]\nschema = { required = [\"to\"], properties = { to = \"strng\" } }\n",
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(dir.path(), &["--config", "bad.toml", "check"], None);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("config: channels.bad.schema.properties.to: must be one of string"),
+        "{err}"
+    );
 }
 
 #[test]

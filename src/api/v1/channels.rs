@@ -67,15 +67,17 @@ pub fn publish(api: &Api, req: &Req, p: &Params) -> Answer {
     };
     // A payload the schema refuses is a semantic error: 422, naming the field.
     let config = api.shared.config.clone();
-    if let Err(Error::Invalid { field, message }) =
-        crate::engine::outbox::check_payload(&config, &channel, &payload)
-    {
-        return Reply::json(
-            422,
-            &json!({"error": {"code": "schema", "field": field,
-                              "message": format!("{field}: {message}")}}),
-        )
-        .into();
+    match crate::engine::outbox::check_payload(&config, &channel, &payload) {
+        Ok(()) => {}
+        Err(Error::Invalid { field, message }) => {
+            return Reply::json(
+                422,
+                &json!({"error": {"code": "schema", "field": field,
+                                  "message": format!("{field}: {message}")}}),
+            )
+            .into();
+        }
+        Err(e) => return Reply::from_error(&e).into(),
     }
     let now = api.shared.now();
     let ch = channel.clone();
