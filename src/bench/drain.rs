@@ -215,7 +215,6 @@ pub fn history(
     opts: &Options,
     ws: &Workspace,
     target: &Target,
-    empty: Option<&DrainReport>,
     progress: &mut dyn FnMut(&str),
 ) -> Result<(HistoryReport, Arc<Store>)> {
     let url = target.url("/history");
@@ -265,15 +264,15 @@ pub fn history(
     }
     let (idle_p50, idle_p99) = time_due_query(&store, opts.workers, 200)?;
     let jobs_per_s = median(&runs);
-    let empty = empty.map(|d| d.jobs_per_s);
     Ok((
         HistoryReport {
             rows: opts.history_rows,
             fill_s,
             jobs_per_s,
             runs,
-            empty_jobs_per_s: empty,
-            to_empty: empty.map(|e| if e > 0.0 { jobs_per_s / e } else { 0.0 }),
+            // Set by `HistoryReport::compare_to_empty` once the empty drain has run.
+            empty_jobs_per_s: None,
+            to_empty: None,
             due_query_busy_p50_us: median(&due_busy.iter().map(|d| d.0).collect::<Vec<_>>()),
             due_query_busy_p99_us: median(&due_busy.iter().map(|d| d.1).collect::<Vec<_>>()),
             due_query_idle_p50_us: idle_p50,

@@ -164,6 +164,18 @@ pub struct HistoryReport {
     pub due_query_idle_p99_us: f64,
 }
 
+impl HistoryReport {
+    /// Sets the ratio to the drain of an empty table (measured after this one).
+    pub fn compare_to_empty(&mut self, empty_jobs_per_s: f64) {
+        self.empty_jobs_per_s = Some(empty_jobs_per_s);
+        self.to_empty = Some(if empty_jobs_per_s > 0.0 {
+            self.jobs_per_s / empty_jobs_per_s
+        } else {
+            0.0
+        });
+    }
+}
+
 /// Scenario 6.
 #[derive(Debug, Clone, Serialize)]
 pub struct SlowReport {
