@@ -318,6 +318,18 @@ pub fn run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Output> {
     let config = Config::load(&flags, env)?;
     let now = SystemClock.now_ms();
     let open = || Store::open(&config.db, config.synchronous);
+    // Commands that read or change existing jobs refuse a path with no database rather
+    // than create an empty one there (a mistyped --db would else answer "no jobs").
+    let open_existing = || {
+        if !config.db.exists() {
+            return Err(Error::Database {
+                path: config.db.display().to_string(),
+                reason: "not found; check --db (or ERRAND_DB), or run errand serve to create it"
+                    .into(),
+            });
+        }
+        open()
+    };
     let text = match &cli.command {
         Command::Serve { .. } | Command::Bench(_) => {
             return Err(Error::invalid("serve", "handled by main"))
@@ -342,7 +354,7 @@ pub fn run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Output> {
                 provider: provider.clone(),
                 since: None,
             };
-            let store = open()?;
+            let store = open_existing()?;
             let list = jobs::list(&*store.read()?, &filter, *before, *limit)?;
             if *json {
                 pretty(&Value::Array(list.iter().map(Job::to_json).collect()))
@@ -359,7 +371,7 @@ pub fn run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Output> {
             }
         }
         Command::Job { action } => {
-            let store = open()?;
+            let store = open_existing()?;
             let (id, act, json) = match action {
                 JobCommand::Show { id, json } => {
                     let job = jobs::get(&*store.read()?, parse_id(id)?)?;
@@ -438,7 +450,7 @@ pub fn run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Output> {
             }
         }
         Command::Stats { json } => {
-            let store = open()?;
+            let store = open_existing()?;
             let conn = store.read()?;
             let counts = jobs::count_by_state(&conn)?;
             let (backlog, oldest) = engine::due_backlog(&conn, now)?;
@@ -468,7 +480,7 @@ pub fn run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Output> {
             }
         }
         Command::Prune { json } => {
-            let store = open()?;
+            let store = open_existing()?;
             let day = 86_400_000;
             let (a, j) = store.write(|tx| {
                 engine::prune(
@@ -491,13 +503,24 @@ pub fn run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Output> {
                     format!("{} exists; name a new file", path.display()),
                 ));
             }
-            let store = open()?;
+            let store = open_existing()?;
             store.backup_to(path)?;
             if *json {
                 let bytes = std::fs::metadata(path)?.len();
                 pretty(&json!({"path": path.display().to_string(), "bytes": bytes}))
             } else {
                 format!("backup written to {}", path.display())
+            }
+        }
+        Command::Check { json } if !config.db.exists() => {
+            // Checking a configuration before the first start: nothing to open yet.
+            let db = config.db.display().to_string();
+            if *json {
+                pretty(&json!({"ok": true, "problems": [], "database": db, "schema": null}))
+            } else {
+                format!(
+                    "ok: configuration valid; no database at {db} yet (errand serve creates it)"
+                )
             }
         }
         Command::Check { json } => {

@@ -252,3 +252,43 @@ fn check_json_prints_the_problems_then_fails_with_exit_1() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("integrity check failed"), "{err}");
 }
+
+#[test]
+fn reading_commands_refuse_a_db_path_with_no_database_and_create_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        vec!["--db", "typo.db", "jobs"],
+        vec!["--db", "typo.db", "job", "show", "1"],
+        vec!["--db", "typo.db", "stats"],
+    ] {
+        let (code, _, err) = run_cli(dir.path(), &args, None);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains("typo.db") && err.contains("--db"), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            !dir.path().join("typo.db").exists(),
+            "{args:?} created a database"
+        );
+    }
+    // A configuration can be checked before the first start, without creating anything.
+    let (code, out, err) = run_cli(dir.path(), &["--db", "typo.db", "check"], None);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("no database"), "{out}");
+    assert!(!dir.path().join("typo.db").exists());
+    // Enqueueing before the first serve still creates the database.
+    let (code, _, err) = run_cli(
+        dir.path(),
+        &[
+            "--db",
+            "new.db",
+            "enqueue",
+            "--account",
+            "a",
+            "--url",
+            "http://x.test/",
+        ],
+        None,
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(dir.path().join("new.db").exists());
+}
