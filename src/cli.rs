@@ -412,7 +412,9 @@ pub fn run(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Result<Output> {
                         let a = accounts::get(&*store.read()?, a)?;
                         json!({"account": a.account, "status": a.status, "paused": a.paused})
                     }
-                    None => json!({"paused": paused, "account": null}),
+                    None => {
+                        json!({"paused": accounts::global_paused(&*store.read()?)?, "account": null})
+                    }
                 })
             } else {
                 let what = account

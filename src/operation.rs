@@ -151,19 +151,13 @@ pub fn lookup(expr: &str, results: &[Value]) -> Option<Value> {
     }
 }
 
-/// Fields whose value is text on the wire (the URL, headers, a raw body, ...): a
-/// placeholder there always renders as text, `{{steps.x.status}}` as `200`.
-const TEXT_FIELDS: &[&str] = &[
-    "url",
-    "method",
-    "headers",
-    "body",
-    "body_base64",
-    "idempotency_key",
-    "callback_url",
-    "provider",
-    "account",
-];
+/// A step's fields whose value is text: a placeholder there always renders as text
+/// (`{{steps.x.status}}` as `200`). Elsewhere (`json`, `metadata`, numbers), a string
+/// that is exactly one placeholder keeps the value's JSON type.
+const TEXT_FIELDS: &[&str] = &["account", "provider", "idempotency_key", "callback_url"];
+
+/// The same, for the fields of a step's `request`.
+const REQUEST_TEXT_FIELDS: &[&str] = &["url", "method", "headers", "body", "body_base64"];
 
 fn render_str(s: &str, resolve: &dyn Fn(&str) -> Option<Value>, typed: bool) -> Result<Value> {
     let ps = placeholders(s);
@@ -217,7 +211,6 @@ fn render(v: &Value, resolve: &dyn Fn(&str) -> Option<Value>, typed: bool) -> Re
         Value::Object(o) => {
             let mut m = Map::new();
             for (k, x) in o {
-                let typed = typed && !TEXT_FIELDS.contains(&k.as_str());
                 m.insert(k.clone(), render(x, resolve, typed)?);
             }
             Value::Object(m)
@@ -235,7 +228,22 @@ fn job_value(
     let mut s = step.as_object().cloned().unwrap_or_default();
     s.remove("name");
     s.insert("account".into(), Value::String(account.to_string()));
-    render(&Value::Object(s), resolve, true)
+    let mut out = Map::new();
+    for (k, v) in &s {
+        let rendered = match (k.as_str(), v) {
+            ("request", Value::Object(r)) => {
+                let mut req = Map::new();
+                for (rk, rv) in r {
+                    let typed = !REQUEST_TEXT_FIELDS.contains(&rk.as_str());
+                    req.insert(rk.clone(), render(rv, resolve, typed)?);
+                }
+                Value::Object(req)
+            }
+            _ => render(v, resolve, !TEXT_FIELDS.contains(&k.as_str()))?,
+        };
+        out.insert(k.clone(), rendered);
+    }
+    Ok(Value::Object(out))
 }
 
 /// Builds step `index` of an operation as a job, from the earlier steps' results. A
@@ -294,7 +302,8 @@ mod tests {
                 "headers": {"X-Prev": "{{steps.charge.status}}"},
                 "body": "{{steps.charge.status}}"}},
             {"name": "last", "request": {
-                "url": "https://pay.test/x", "json": {"prev": "{{steps.charge.status}}"}}}
+                "url": "https://pay.test/x", "json": {"prev": "{{steps.charge.status}}",
+                    "account": "{{steps.charge.status}}", "url": "{{steps.charge.status}}"}}}
         ]}))
         .unwrap();
         let results = vec![json!({"name": "charge", "status": 201, "json": {}})];
@@ -306,7 +315,8 @@ mod tests {
         assert_eq!(next.body.as_deref(), Some(&b"201"[..]));
         let last = build_step(&account, &steps, 2, &results).unwrap();
         let body: Value = serde_json::from_slice(last.body.as_deref().unwrap()).unwrap();
-        assert_eq!(body, json!({"prev": 201}));
+        // Keys named like text fields keep their types inside json.
+        assert_eq!(body, json!({"prev": 201, "account": 201, "url": 201}));
     }
 
     #[test]

@@ -134,6 +134,11 @@ impl Shared {
         self.shutdown.load(Ordering::SeqCst)
     }
 
+    /// Claimed jobs not yet handed to the writer (queued or running): 0 when idle.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::SeqCst)
+    }
+
     /// The current time of the engine clock.
     pub fn now(&self) -> i64 {
         self.clock.now_ms()

@@ -94,39 +94,55 @@ fn run(shared: &Shared, generation: usize) {
 }
 
 /// One scheduler pass at `now`: claims due jobs up to the free capacity (respecting
-/// pauses and provider limits) in its own transaction and hands them to the workers.
-/// Returns when the next job becomes due, if the pass did not fill the capacity. Tests
-/// call it directly.
+/// pauses and provider limits) and hands them to the workers. The candidates are read on
+/// a read connection, in rounds that skip what the limits refused (which may scan a
+/// blocked provider's backlog: no write lock is held meanwhile); the claim itself is one
+/// short write transaction, guarded as always. Returns when to pass again. Tests call
+/// it directly.
 pub fn run_once(shared: &Shared, now: i64) -> Result<Option<i64>> {
     let Some(mut claim) = Claim::reserve(shared) else {
-        return Ok(None);
+        // No free slot: the writer claims when outcomes free some; look again shortly.
+        return Ok(Some(now + QUEUE_FULL_RETRY_MS));
     };
+    claim.select(&*shared.store.read()?, now, CLAIM_ROUNDS)?;
     // Dropped without dispatch (the transaction failed), the claim gives its slots back.
-    shared.store.write_quiet(|tx| claim.run(tx, now))?;
+    shared.store.write_quiet(|tx| claim.take(tx, now))?;
     Ok(claim.dispatch(now))
 }
 
-/// Candidate queries a claim pass makes at most: each round skips what the limits
-/// refused in the one before.
+/// When the queue is full, the scheduler looks again after this long.
+const QUEUE_FULL_RETRY_MS: i64 = 50;
+
+/// Candidate queries a scheduler pass makes at most: each round skips what the limits
+/// refused in the one before. The writer's pass makes one (bounded by its LIMIT, since it
+/// holds the write lock) and leaves what it could not fill to the scheduler.
 const CLAIM_ROUNDS: usize = 4;
 
+/// Refused (provider, account) pairs a candidate query leaves out in SQL at most; more
+/// are skipped as they are read.
+const MAX_SKIPPED_ACCOUNTS: usize = 500;
+
 /// The most jobs claimed and not yet handed to the writer: the running ones, plus a
-/// queue of at least 64 (or one per worker) so that a claim and the outcomes it waits
-/// for are written in batches of dozens, not a few (one transaction's fixed cost is
-/// spread over many jobs), and a freed worker never waits for a claim.
+/// queue of 64 (at least one and at most four per worker), so that a claim and the
+/// outcomes it waits for are written in batches of dozens, not a few (one transaction's
+/// fixed cost is spread over many jobs), and a freed worker never waits for a claim.
+/// A queued job is `running` (claimed, its limits admitted): the queue stays short.
 pub(super) fn queue_depth(workers: usize) -> usize {
-    workers + workers.max(64)
+    workers + 64.clamp(workers, 4 * workers)
 }
 
-/// A claim pass in the making: worker slots reserved, then jobs claimed inside a write
-/// transaction, then, once it commits, handed out ([`Claim::dispatch`]) or, if it does
-/// not, given back (when it is dropped). The scheduler runs one in its own transaction;
-/// the writer runs one at the end of every batch of outcomes, in the batch's transaction,
-/// so a busy engine claims and records in one commit.
+/// A claim pass in the making: queue slots reserved, due jobs selected and admitted by
+/// the provider limits, then claimed inside a write transaction, then, once it commits,
+/// handed out ([`Claim::dispatch`]) or, if it does not, given back (when it is dropped).
+/// The scheduler runs one in its own transaction; the writer runs one at the end of
+/// every batch of outcomes, in the batch's transaction, so a busy engine claims and
+/// records in one commit.
 pub(super) struct Claim<'s> {
     shared: &'s Shared,
-    /// Worker slots taken from `outstanding` for this pass.
+    /// Queue slots taken from `outstanding` for this pass.
     reserved: usize,
+    /// Selected and admitted, not yet claimed.
+    ids: Vec<i64>,
     jobs: Vec<Job>,
     /// Jobs whose provider limits admitted them (their slots go back if not claimed).
     admitted: Vec<(i64, String)>,
@@ -135,8 +151,7 @@ pub(super) struct Claim<'s> {
 
 impl<'s> Claim<'s> {
     /// Reserves every free slot of the queue ([`queue_depth`]), so two claimants can
-    /// never overfill it. None when there is
-    /// no free slot or shutdown has begun.
+    /// never overfill it. None when there is no free slot or shutdown has begun.
     pub(super) fn reserve(shared: &'s Shared) -> Option<Claim<'s>> {
         if shared.shutting_down() {
             return None;
@@ -152,48 +167,57 @@ impl<'s> Claim<'s> {
         (reserved > 0).then_some(Claim {
             shared,
             reserved,
+            ids: Vec::new(),
             jobs: Vec::new(),
             admitted: Vec::new(),
             next: None,
         })
     }
 
-    /// Claims up to the reserved number of due jobs in `tx`.
-    pub(super) fn run(&mut self, tx: &Connection, now: i64) -> Result<()> {
+    /// Selects up to the reserved number of due jobs on `conn` and takes their provider
+    /// limits. With one round, the jobs of blocked providers are skipped as they are read
+    /// (the query stays bounded by its LIMIT); with more, what the limits refused is left
+    /// out in SQL from the next round, so a backlog of a provider whose circuit is open,
+    /// or of one rate-limited account, cannot fill the list and hide the jobs behind it.
+    pub(super) fn select(&mut self, conn: &Connection, now: i64, rounds: usize) -> Result<()> {
         let shared = self.shared;
-        if accounts::global_paused(tx)? {
+        if shared.shutting_down() || accounts::global_paused(conn)? {
             return Ok(());
         }
-        let lease_until = now + shared.config.lease_ms;
         let capacity = self.reserved;
-        // Jobs the limits refuse are skipped in SQL in the next round, so a backlog of a
-        // provider whose circuit is open, or of one rate-limited account, cannot fill the
-        // candidate list and hide every other job behind it.
-        let mut skip_providers = shared.limits.blocked_providers(now);
-        let mut skip_pairs: Vec<(String, String)> = Vec::new();
-        let mut ids: Vec<i64> = Vec::with_capacity(capacity);
+        let blocked = shared.limits.blocked_providers(now);
+        let mut skip_providers: Vec<String> = if rounds > 1 {
+            blocked.clone()
+        } else {
+            Vec::new()
+        };
+        let mut skip_accounts: HashSet<(String, String)> = HashSet::new();
         let mut taken: HashSet<i64> = HashSet::new();
-        for _ in 0..CLAIM_ROUNDS {
-            let limit = (capacity - ids.len()) * 2 + 16 + ids.len();
+        for _ in 0..rounds {
+            let limit = (capacity - self.ids.len()) * 2 + 16 + self.ids.len();
+            let in_sql: Vec<(String, String)> = skip_accounts
+                .iter()
+                .take(MAX_SKIPPED_ACCOUNTS)
+                .cloned()
+                .collect();
             let candidates =
-                engine::due_candidates_except(tx, now, limit, &skip_providers, &skip_pairs)?;
+                engine::due_candidates_except(conn, now, limit, &skip_providers, &in_sql)?;
             let mut refused = false;
             for c in &candidates {
-                if ids.len() == capacity {
+                if self.ids.len() == capacity {
                     break;
                 }
                 // Jobs taken in an earlier round come back in this one's list.
                 if taken.contains(&c.id)
+                    || blocked.contains(&c.provider)
                     || skip_providers.contains(&c.provider)
-                    || skip_pairs
-                        .iter()
-                        .any(|(p, a)| *p == c.provider && *a == c.account)
+                    || skip_accounts.contains(&(c.provider.clone(), c.account.clone()))
                 {
                     continue;
                 }
                 match shared.limits.try_admit(&c.provider, &c.account, now) {
                     Ok(()) => {
-                        ids.push(c.id);
+                        self.ids.push(c.id);
                         taken.insert(c.id);
                         self.admitted.push((c.id, c.provider.clone()));
                     }
@@ -203,16 +227,23 @@ impl<'s> Claim<'s> {
                     }
                     Err(Refused::Account) => {
                         refused = true;
-                        skip_pairs.push((c.provider.clone(), c.account.clone()));
+                        skip_accounts.insert((c.provider.clone(), c.account.clone()));
                     }
                 }
             }
-            if ids.len() == capacity || candidates.len() < limit || !refused {
+            if self.ids.len() == capacity || candidates.len() < limit || !refused {
                 break;
             }
         }
-        self.jobs = engine::claim(tx, &ids, &shared.owner, lease_until, now)?;
-        self.next = if self.jobs.len() < capacity {
+        Ok(())
+    }
+
+    /// Claims the selected jobs in `tx` (those still due and unclaimed: another process
+    /// may have taken some meanwhile) and notes when the next job is due.
+    pub(super) fn take(&mut self, tx: &Connection, now: i64) -> Result<()> {
+        let lease_until = now + self.shared.config.lease_ms;
+        self.jobs = engine::claim(tx, &self.ids, &self.shared.owner, lease_until, now)?;
+        self.next = if self.jobs.len() < self.reserved {
             engine::next_due_at(tx)?
         } else {
             None
@@ -226,18 +257,30 @@ impl<'s> Claim<'s> {
     }
 
     /// After the claim committed: hands the jobs to the workers and gives back the slots
-    /// and limit admissions it did not use (jobs another process claimed first). Returns
-    /// when the next job becomes due, if the pass did not fill its slots: a job already
-    /// due but left behind (provider limits) is looked at again shortly; one left behind
-    /// for capacity when a worker frees up.
+    /// and limit admissions it did not use (jobs another process claimed first). Once
+    /// shutdown has begun the workers may be gone, so the jobs are put back unchanged
+    /// instead (no attempt counted). Returns when the next job becomes due, if the pass
+    /// did not fill its slots: a job already due but left behind (provider limits) is
+    /// looked at again shortly; one left behind for capacity when a worker frees up.
     pub(super) fn dispatch(mut self, now: i64) -> Option<i64> {
         let jobs = std::mem::take(&mut self.jobs);
         let claimed: HashSet<i64> = jobs.iter().map(|j| j.id).collect();
         self.admitted.retain(|(id, _)| !claimed.contains(id));
-        self.reserved -= jobs.len();
         for job in jobs {
-            if self.shared.job_tx.send(job).is_err() {
-                break;
+            if self.shared.shutting_down() {
+                self.shared.limits.unadmit(&job.provider);
+                self.shared
+                    .writer
+                    .finished(super::worker::release(&job, "errand is shutting down"));
+                continue;
+            }
+            // The slot and the admission now belong to the job in the queue.
+            self.reserved -= 1;
+            if let Err(e) = self.shared.job_tx.send(job) {
+                // Not possible while `Shared` holds the receiver; were it, the job's slot
+                // and admission would go back with the claim's.
+                self.reserved += 1;
+                self.shared.limits.unadmit(&e.0.provider);
             }
         }
         self.next.map(|t| if t <= now { now + 50 } else { t })

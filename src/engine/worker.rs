@@ -99,7 +99,7 @@ fn job_error(category: &str, reason: &str, message: &str) -> Option<JobError> {
 }
 
 /// Puts a claimed job back unchanged: no request was sent, no attempt is counted.
-fn release(job: &Job, why: &str) -> Finished {
+pub(super) fn release(job: &Job, why: &str) -> Finished {
     log::debug!("job {}: released ({why})", job.id);
     base(job, Next::Release, None, false)
 }

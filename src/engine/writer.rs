@@ -231,8 +231,10 @@ fn commit(shared: &Shared, batch: Vec<WriteOp>) -> Vec<Finished> {
             }
         }
         if let Some(c) = claim.as_mut() {
+            // One bounded candidate query: this holds the write lock. What it cannot fill
+            // (limits refusing a backlog) the scheduler does, reading outside the lock.
             let sp = Savepoint::new(&tx)?;
-            match c.run(&tx, now) {
+            match c.select(&tx, now, 1).and_then(|()| c.take(&tx, now)) {
                 Ok(()) => sp.release()?,
                 Err(e) => {
                     log::warn!("writer: claim after a batch failed, the scheduler will: {e}");
@@ -257,6 +259,14 @@ fn commit(shared: &Shared, batch: Vec<WriteOp>) -> Vec<Finished> {
             {
                 shared.store.bump();
             }
+            // Committed: hand the claimed jobs out first, so nothing between here and
+            // there can strand them. The scheduler passes again when this claim left
+            // slots free (it keeps the timer for jobs due later), or when there was none.
+            let refilled = claim.map(|c| {
+                let filled = c.filled();
+                c.dispatch(now);
+                filled
+            });
             let mut later = Vec::new();
             let mut any = false;
             for (f, w) in outcomes.into_iter().zip(written) {
@@ -281,13 +291,6 @@ fn commit(shared: &Shared, batch: Vec<WriteOp>) -> Vec<Finished> {
             for (reply, v) in replies {
                 let _ = reply.send(v);
             }
-            // The scheduler passes again when this claim left slots free (it keeps the
-            // timer for jobs due later), or when there was none.
-            let refilled = claim.map(|c| {
-                let filled = c.filled();
-                c.dispatch(now);
-                filled
-            });
             if any && refilled != Some(true) {
                 shared.wake();
             }
@@ -483,5 +486,49 @@ mod tests {
         drop(first);
         assert_eq!(shared.outstanding.load(Ordering::SeqCst), 0);
         assert!(Claim::reserve(&shared).is_some());
+    }
+
+    #[test]
+    fn a_claim_that_commits_after_shutdown_began_puts_its_jobs_back_instead_of_queueing_them() {
+        let (_dir, shared) = shared();
+        let ids = insert(&shared, 3);
+        let mut claim = Claim::reserve(&shared).expect("free slots");
+        claim
+            .select(&shared.store.read().expect("read"), NOW, 1)
+            .expect("select");
+        shared
+            .store
+            .write_quiet(|tx| claim.take(tx, NOW))
+            .expect("take");
+        // Shutdown begins between the commit and the hand-out: the workers may be gone.
+        shared.shutdown.store(true, Ordering::SeqCst);
+        claim.dispatch(NOW);
+        assert_eq!(
+            shared.job_rx.try_iter().count(),
+            0,
+            "nothing queued for no one"
+        );
+        assert_eq!(shared.outstanding.load(Ordering::SeqCst), 0);
+        let ops: Vec<WriteOp> = shared.write_rx.try_iter().collect();
+        assert_eq!(ops.len(), 3, "a release for each job, for the writer");
+        assert!(commit(&shared, ops).is_empty());
+        for id in ids {
+            let j = state(&shared, id);
+            assert_eq!(j.state, JobState::Approved, "put back unchanged");
+            assert_eq!(j.attempts, 0, "no attempt counted");
+        }
+    }
+
+    #[test]
+    fn the_writer_claims_nothing_once_shutdown_began() {
+        let (_dir, shared) = shared();
+        let ids = insert(&shared, 3);
+        let jobs = claim(&shared, &ids[..1]);
+        shared.shutdown.store(true, Ordering::SeqCst);
+        let batch = vec![WriteOp::Finished(Box::new(success(&jobs[0])))];
+        assert!(commit(&shared, batch).is_empty());
+        assert_eq!(shared.job_rx.try_iter().count(), 0);
+        assert_eq!(state(&shared, ids[1]).state, JobState::Approved);
+        assert_eq!(shared.outstanding.load(Ordering::SeqCst), 0);
     }
 }

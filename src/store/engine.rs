@@ -65,10 +65,19 @@ pub fn due_candidates_except(
         ));
         values.extend(providers.iter().map(|p| p.clone().into()));
     }
+    // One term per provider, its accounts in an IN list: the expression stays shallow
+    // (SQLite refuses a tree deeper than 1,000) however many accounts are refused.
+    let mut by_provider: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
     for (provider, account) in pairs {
-        extra.push_str("   AND NOT (provider = ? AND account = ?)\n");
-        values.push(provider.clone().into());
-        values.push(account.clone().into());
+        by_provider.entry(provider).or_default().push(account);
+    }
+    for (provider, accounts) in by_provider {
+        extra.push_str(&format!(
+            "   AND NOT (provider = ? AND account IN ({}))\n",
+            placeholders(accounts.len())
+        ));
+        values.push(provider.to_string().into());
+        values.extend(accounts.iter().map(|a| a.to_string().into()));
     }
     values.push((limit as i64).into());
     let sql = CANDIDATES

@@ -801,3 +801,35 @@ fn a_saturated_providers_backlog_does_not_hold_back_another_provider() {
     );
     engine.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn the_queue_count_returns_to_zero_after_a_drain_with_failures_limits_and_a_shutdown() {
+    let p = MockProvider::start();
+    p.default_for("/flaky", Step::status(503));
+    let env = TestEnv::with_config(
+        "[providers.rl]\nmax_attempts = 2\nbackoff = { initial_ms = 10, multiplier = 1.0, max_ms = 10 }\nmax_concurrency = 2\nrate_limit = { per_second = 200.0, burst = 5, per_account = true }\n",
+    );
+    backlog(&env, "rl", "a", &p.url("/ok"), 150);
+    backlog(&env, "rl", "b", &p.url("/flaky"), 20);
+    backlog(&env, "default", "c", &p.url("/ok"), 150);
+    let engine = env.engine();
+    engine.shared().wake();
+    wait_for(30, "every job finished or held", || {
+        env.count_sql("SELECT COUNT(*) FROM jobs WHERE state IN ('approved', 'retry', 'running')")
+            == 0
+    });
+    wait_for(5, "the queue count back at zero", || {
+        engine.shared().outstanding() == 0
+    });
+    // And once more after a shutdown that finds jobs queued.
+    backlog(&env, "default", "c", &p.url("/ok"), 300);
+    engine.shared().wake();
+    let shared = engine.shared().clone();
+    engine.shutdown(Duration::from_secs(5));
+    assert_eq!(shared.outstanding(), 0);
+    assert_eq!(
+        env.count_sql("SELECT COUNT(*) FROM jobs WHERE state = 'running'"),
+        0,
+        "nothing left running under this process's lease"
+    );
+}

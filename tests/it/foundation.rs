@@ -243,7 +243,32 @@ fn the_due_job_query_uses_the_partial_index() {
     );
     assert!(skipped.unwrap().is_empty());
     assert_eq!(engine::next_due_at(&conn).unwrap(), None);
+
     assert_eq!(engine::due_backlog(&conn, 1).unwrap(), (0, None));
+    drop(conn);
+    // Thousands of refused accounts still make a query SQLite accepts (it refuses an
+    // expression tree deeper than 1,000), and it leaves exactly them out.
+    let mut pairs = Vec::new();
+    env.store
+        .write(|tx| {
+            for i in 0..2_000 {
+                let account = format!("acct-{i}");
+                let mut j = NewJob::get(&account, "http://x.test/");
+                j.provider = "rl".into();
+                jobs::insert(tx, &j, 1)?;
+                pairs.push(("rl".to_string(), account));
+            }
+            let mut j = NewJob::get("free", "http://x.test/");
+            j.provider = "rl".into();
+            jobs::insert(tx, &j, 1)?;
+            Ok(())
+        })
+        .unwrap();
+    let conn = env.store.read().unwrap();
+    let left =
+        engine::due_candidates_except(&conn, 10, 100, &["capped".to_string()], &pairs).unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].account, "free");
 }
 
 #[test]

@@ -41,8 +41,6 @@ pub(crate) fn current_step_job(api: &Api, id: i64) -> Result<Option<i64>> {
     Ok(operations::current_job(&conn, &op)?.map(|j| j.id))
 }
 
-/// 200 with the operation once it is no longer running; else 202 (with id, token and
-/// status_url for a create, with the operation and `Retry-After` for a poll).
 /// The answer to a create: 202 with the id, token and status URL.
 fn created_answer(op: &Operation) -> Reply {
     Reply::json(
@@ -53,6 +51,8 @@ fn created_answer(op: &Operation) -> Reply {
     .header("Location", &format!("/v1/operations/{}", op.id))
 }
 
+/// 200 with the operation once it is no longer running; else 202 (with id, token and
+/// status_url for a create, with the operation and `Retry-After` for a poll).
 pub(crate) fn wait_reply(api: &Api, id: i64, created: bool) -> Reply {
     let r = (|| {
         let conn = api.shared.store.read()?;
