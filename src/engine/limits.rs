@@ -37,6 +37,18 @@ pub struct Limits {
     states: Mutex<HashMap<String, State>>,
 }
 
+/// What [`Limits::try_admit`] took for a job, to give back exactly that if the job is
+/// not claimed after all ([`Limits::give_back`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// A concurrency slot was counted.
+    counted: bool,
+    /// The rate-limit bucket a token was taken from.
+    bucket: Option<String>,
+    /// The job is the half-open circuit's one probe.
+    probe: bool,
+}
+
 /// Why [`Limits::try_admit`] refused a job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
@@ -96,15 +108,41 @@ impl Limits {
         self.try_admit(provider, account, now).is_ok()
     }
 
+    /// Returns what an admission took, for a job that was admitted but not claimed (a
+    /// claimant that read it a moment before another claimed it): the slot, the
+    /// rate-limit token, and the half-open probe only if this was the probe.
+    pub fn give_back(&self, provider: &str, a: &Admission) {
+        let Some(p) = self.config.providers.get(provider) else {
+            return;
+        };
+        let mut states = self.lock();
+        let Some(s) = states.get_mut(provider) else {
+            return;
+        };
+        if a.counted {
+            s.running = s.running.saturating_sub(1);
+        }
+        if a.probe {
+            s.probing = false;
+        }
+        if let (Some(key), Some(rl)) = (&a.bucket, p.rate_limit) {
+            let burst = rl.burst.unwrap_or(rl.per_second.max(1.0));
+            if let Some(b) = s.buckets.get_mut(key) {
+                b.tokens = (b.tokens + 1.0).min(burst);
+            }
+        }
+    }
+
     /// [`Limits::admit`], saying on refusal whether no job of the provider may start
     /// now, or only none of this account (its own rate-limit bucket is empty).
-    pub fn try_admit(&self, provider: &str, account: &str, now: i64) -> Result<(), Refused> {
+    pub fn try_admit(&self, provider: &str, account: &str, now: i64) -> Result<Admission, Refused> {
         let Some(p) = self.config.providers.get(provider) else {
-            return Ok(());
+            return Ok(Admission::default());
         };
         if !Self::limited(p) {
-            return Ok(());
+            return Ok(Admission::default());
         }
+        let mut bucket = None;
         let mut states = self.lock();
         let s = states.entry(provider.to_string()).or_default();
         let mut probe = false;
@@ -135,10 +173,15 @@ impl Limits {
                 });
             }
             b.tokens -= 1.0;
+            bucket = Some(key.to_string());
         }
         s.probing = probe;
         s.running += 1;
-        Ok(())
+        Ok(Admission {
+            counted: true,
+            bucket,
+            probe,
+        })
     }
 
     /// Gives back a slot taken by [`admit`](Self::admit) for a job that was not run
@@ -251,14 +294,48 @@ mod tests {
         let per = limits(
             "[providers.p]\nrate_limit = { per_second = 1.0, burst = 1, per_account = true }",
         );
-        assert_eq!(per.try_admit("p", "a", 0), Ok(()));
+        assert!(per.try_admit("p", "a", 0).is_ok());
         assert_eq!(per.try_admit("p", "a", 0), Err(Refused::Account));
         let shared = limits("[providers.p]\nrate_limit = { per_second = 1.0, burst = 1 }");
-        assert_eq!(shared.try_admit("p", "a", 0), Ok(()));
+        assert!(shared.try_admit("p", "a", 0).is_ok());
         assert_eq!(shared.try_admit("p", "b", 0), Err(Refused::Provider));
         let capped = limits("[providers.p]\nmax_concurrency = 1");
-        assert_eq!(capped.try_admit("p", "a", 0), Ok(()));
+        assert!(capped.try_admit("p", "a", 0).is_ok());
         assert_eq!(capped.try_admit("p", "b", 0), Err(Refused::Provider));
+    }
+
+    #[test]
+    fn giving_back_an_admission_returns_its_token_and_clears_only_its_own_probe() {
+        let l = limits(
+            "[providers.p]\nrate_limit = { per_second = 1.0, burst = 1, per_account = true }",
+        );
+        let a = l.try_admit("p", "a", 0).unwrap();
+        assert!(!l.admit("p", "a", 0), "the one token is taken");
+        l.give_back("p", &a);
+        assert!(
+            l.admit("p", "a", 0),
+            "the token came back with the admission"
+        );
+
+        let c = limits(
+            "[providers.p]\ncircuit_breaker = { failure_ratio = 0.5, min_calls = 2, open_s = 10 }",
+        );
+        for i in 0..2 {
+            assert!(c.admit("p", "a", i));
+            c.finish("p", Some(Outcome::Unavailable), i);
+        }
+        let probe = c.try_admit("p", "a", 10_002).unwrap();
+        assert!(!c.admit("p", "a", 10_003), "one probe at a time");
+        c.give_back("p", &Admission::default());
+        assert!(
+            !c.admit("p", "a", 10_003),
+            "another job's give-back keeps the probe"
+        );
+        c.give_back("p", &probe);
+        assert!(
+            c.admit("p", "a", 10_004),
+            "the probe's own give-back frees it"
+        );
     }
 
     #[test]

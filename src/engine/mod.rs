@@ -237,6 +237,15 @@ impl Engine {
                 }
             }
         }
+        // A claim that raced the shutdown flag may have queued jobs after every worker
+        // left: put them back unchanged (no attempt counted) rather than leave them
+        // running under this process's lease.
+        for job in s.job_rx.try_iter() {
+            s.limits.unadmit(&job.provider);
+            s.outstanding.fetch_sub(1, Ordering::SeqCst);
+            s.writer
+                .finished(worker::release(&job, "errand is shutting down"));
+        }
         s.writer_stop.store(true, Ordering::SeqCst);
         if let Some(h) = threads.writer.take() {
             let _ = h.join();

@@ -13,10 +13,11 @@ use std::collections::HashSet;
 use crossbeam_channel::select;
 use rusqlite::Connection;
 
-use super::limits::Refused;
+use super::limits::{Admission, Refused};
 use super::Shared;
 use crate::error::Result;
 use crate::job::Job;
+use crate::store::engine::Finished;
 use crate::store::{accounts, engine};
 
 /// How often the loop looks at `PRAGMA data_version` for commits by other processes
@@ -40,6 +41,9 @@ enum Event {
 fn run(shared: &Shared, generation: usize) {
     let tick = shared.config.tick_ms as i64;
     let mut last_pass = 0;
+    // Its own timer: passes made on wake-ups must not put off the tick's outbox drain,
+    // which is the only one to see rows committed on this process's own connection.
+    let mut last_drain = 0;
     let mut next_due: Option<i64> = None;
     let mut data_version = shared.store.data_version().unwrap_or(0);
     let mut event = Event::Wake;
@@ -65,9 +69,10 @@ fn run(shared: &Shared, generation: usize) {
             || changed
             || now - last_pass >= tick
             || next_due.is_some_and(|t| t <= now);
-        if changed || now - last_pass >= tick {
+        if changed || now - last_drain >= tick {
             // Another connection committed (an app's outbox insert, the CLI, another
             // errand), or a tick passed: move outbox rows into jobs first.
+            last_drain = now;
             if let Err(e) = super::outbox::drain_once(shared, now) {
                 log::error!("draining the outbox: {e}");
             }
@@ -104,10 +109,22 @@ pub fn run_once(shared: &Shared, now: i64) -> Result<Option<i64>> {
         // No free slot: the writer claims when outcomes free some; look again shortly.
         return Ok(Some(now + QUEUE_FULL_RETRY_MS));
     };
-    claim.select(&*shared.store.read()?, now, CLAIM_ROUNDS)?;
+    {
+        let conn = shared.store.read()?;
+        claim.select(&conn, now, CLAIM_ROUNDS)?;
+        if claim.ids.is_empty() {
+            // Nothing to claim: no write lock, just when to look again.
+            claim.next = engine::next_due_at(&conn)?;
+            return Ok(claim.dispatch(now).0);
+        }
+    }
     // Dropped without dispatch (the transaction failed), the claim gives its slots back.
     shared.store.write_quiet(|tx| claim.take(tx, now))?;
-    Ok(claim.dispatch(now))
+    let (next, releases) = claim.dispatch(now);
+    for r in releases {
+        shared.writer.finished(r);
+    }
+    Ok(next)
 }
 
 /// When the queue is full, the scheduler looks again after this long.
@@ -144,8 +161,9 @@ pub(super) struct Claim<'s> {
     /// Selected and admitted, not yet claimed.
     ids: Vec<i64>,
     jobs: Vec<Job>,
-    /// Jobs whose provider limits admitted them (their slots go back if not claimed).
-    admitted: Vec<(i64, String)>,
+    /// Jobs the provider limits admitted, with what that took (given back if the job is
+    /// not claimed after all).
+    admitted: Vec<(i64, String, Admission)>,
     next: Option<i64>,
 }
 
@@ -216,10 +234,10 @@ impl<'s> Claim<'s> {
                     continue;
                 }
                 match shared.limits.try_admit(&c.provider, &c.account, now) {
-                    Ok(()) => {
+                    Ok(admission) => {
                         self.ids.push(c.id);
                         taken.insert(c.id);
-                        self.admitted.push((c.id, c.provider.clone()));
+                        self.admitted.push((c.id, c.provider.clone(), admission));
                     }
                     Err(Refused::Provider) => {
                         refused = true;
@@ -258,32 +276,36 @@ impl<'s> Claim<'s> {
 
     /// After the claim committed: hands the jobs to the workers and gives back the slots
     /// and limit admissions it did not use (jobs another process claimed first). Once
-    /// shutdown has begun the workers may be gone, so the jobs are put back unchanged
-    /// instead (no attempt counted). Returns when the next job becomes due, if the pass
-    /// did not fill its slots: a job already due but left behind (provider limits) is
-    /// looked at again shortly; one left behind for capacity when a worker frees up.
-    pub(super) fn dispatch(mut self, now: i64) -> Option<i64> {
+    /// shutdown has begun the workers may be gone, so the jobs are returned as releases
+    /// (put back unchanged, no attempt counted) for the caller to hand to the writer: the
+    /// writer itself must not block on its own channel. Also returns when the next job
+    /// becomes due, if the pass did not fill its slots: a job already due but left behind
+    /// (provider limits) is looked at again shortly; one left behind for capacity when a
+    /// worker frees up.
+    pub(super) fn dispatch(mut self, now: i64) -> (Option<i64>, Vec<Finished>) {
         let jobs = std::mem::take(&mut self.jobs);
-        let claimed: HashSet<i64> = jobs.iter().map(|j| j.id).collect();
-        self.admitted.retain(|(id, _)| !claimed.contains(id));
+        let mut releases = Vec::new();
         for job in jobs {
+            let at = self.admitted.iter().position(|(id, _, _)| *id == job.id);
+            let admission = at.map(|i| self.admitted.swap_remove(i));
             if self.shared.shutting_down() {
-                self.shared.limits.unadmit(&job.provider);
-                self.shared
-                    .writer
-                    .finished(super::worker::release(&job, "errand is shutting down"));
+                if let Some((_, provider, a)) = &admission {
+                    self.shared.limits.give_back(provider, a);
+                }
+                releases.push(super::worker::release(&job, "errand is shutting down"));
                 continue;
             }
             // The slot and the admission now belong to the job in the queue.
             self.reserved -= 1;
-            if let Err(e) = self.shared.job_tx.send(job) {
+            if self.shared.job_tx.send(job).is_err() {
                 // Not possible while `Shared` holds the receiver; were it, the job's slot
                 // and admission would go back with the claim's.
                 self.reserved += 1;
-                self.shared.limits.unadmit(&e.0.provider);
+                self.admitted.extend(admission);
             }
         }
-        self.next.map(|t| if t <= now { now + 50 } else { t })
+        let next = self.next.map(|t| if t <= now { now + 50 } else { t });
+        (next, releases)
         // Drop gives back what is left.
     }
 }
@@ -292,8 +314,8 @@ impl Drop for Claim<'_> {
     /// Gives back the slots and limit admissions not used: all of them when the claim
     /// did not commit (a leaked half-open probe would block the provider).
     fn drop(&mut self) {
-        for (_, provider) in &self.admitted {
-            self.shared.limits.unadmit(provider);
+        for (_, provider, a) in &self.admitted {
+            self.shared.limits.give_back(provider, a);
         }
         self.shared
             .outstanding

@@ -262,12 +262,14 @@ fn commit(shared: &Shared, batch: Vec<WriteOp>) -> Vec<Finished> {
             // Committed: hand the claimed jobs out first, so nothing between here and
             // there can strand them. The scheduler passes again when this claim left
             // slots free (it keeps the timer for jobs due later), or when there was none.
+            let mut later = Vec::new();
             let refilled = claim.map(|c| {
                 let filled = c.filled();
-                c.dispatch(now);
+                // Releases (shutdown began) go into the next batch, not this thread's
+                // own channel, which it must never block on.
+                later.extend(c.dispatch(now).1);
                 filled
             });
-            let mut later = Vec::new();
             let mut any = false;
             for (f, w) in outcomes.into_iter().zip(written) {
                 if w == Written::Later {
@@ -502,15 +504,19 @@ mod tests {
             .expect("take");
         // Shutdown begins between the commit and the hand-out: the workers may be gone.
         shared.shutdown.store(true, Ordering::SeqCst);
-        claim.dispatch(NOW);
+        let (_, releases) = claim.dispatch(NOW);
         assert_eq!(
             shared.job_rx.try_iter().count(),
             0,
             "nothing queued for no one"
         );
         assert_eq!(shared.outstanding.load(Ordering::SeqCst), 0);
-        let ops: Vec<WriteOp> = shared.write_rx.try_iter().collect();
-        assert_eq!(ops.len(), 3, "a release for each job, for the writer");
+        assert_eq!(shared.write_rx.try_iter().count(), 0, "not sent: returned");
+        assert_eq!(releases.len(), 3, "a release for each job, for the writer");
+        let ops = releases
+            .into_iter()
+            .map(|f| WriteOp::Finished(Box::new(f)))
+            .collect();
         assert!(commit(&shared, ops).is_empty());
         for id in ids {
             let j = state(&shared, id);

@@ -821,9 +821,15 @@ fn the_queue_count_returns_to_zero_after_a_drain_with_failures_limits_and_a_shut
     wait_for(5, "the queue count back at zero", || {
         engine.shared().outstanding() == 0
     });
-    // And once more after a shutdown that finds jobs queued.
-    backlog(&env, "default", "c", &p.url("/ok"), 300);
+    // And once more after a shutdown that finds jobs queued behind slow calls.
+    p.default_for("/slow", Step::status(200).delay(300));
+    backlog(&env, "default", "c", &p.url("/slow"), 300);
     engine.shared().wake();
+    wait_for(
+        10,
+        "slow calls running with jobs queued behind them",
+        || p.count("/slow") > 0 && engine.shared().outstanding() > 8,
+    );
     let shared = engine.shared().clone();
     engine.shutdown(Duration::from_secs(5));
     assert_eq!(shared.outstanding(), 0);
@@ -832,4 +838,37 @@ fn the_queue_count_returns_to_zero_after_a_drain_with_failures_limits_and_a_shut
         0,
         "nothing left running under this process's lease"
     );
+    assert!(
+        env.count_sql("SELECT COUNT(*) FROM jobs WHERE state = 'approved' AND attempts = 0") > 0,
+        "queued jobs were put back unchanged, no attempt counted"
+    );
+}
+
+#[test]
+fn outbox_rows_committed_on_errands_own_connection_are_drained_while_the_queue_is_full() {
+    let p = MockProvider::start();
+    p.default_for("/slow", Step::status(200).delay(5_000));
+    // The production tick: passes every 50 ms while the queue is full must not put off
+    // the tick's drain.
+    let env = TestEnv::with_config("[scheduler]\ntick_ms = 1000\n");
+    backlog(&env, "default", "a", &p.url("/slow"), 300);
+    let engine = env.engine();
+    engine.shared().wake();
+    wait_for(10, "the queue to fill", || p.count("/slow") > 0);
+    // Committed on the engine's own write connection (as a Rust app embedding errand
+    // does): PRAGMA data_version does not change, only the tick drains it.
+    let payload = serde_json::json!({"account": "b", "request": {"url": p.url("/from-outbox")}});
+    env.store
+        .write(|tx| {
+            tx.execute(
+                "INSERT INTO outbox (payload) VALUES (?1)",
+                [payload.to_string()],
+            )?;
+            Ok(())
+        })
+        .unwrap();
+    wait_for(5, "the outbox row drained into a job", || {
+        env.count_sql("SELECT COUNT(*) FROM outbox") == 0
+    });
+    engine.shutdown(Duration::from_millis(100));
 }
