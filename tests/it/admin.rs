@@ -1129,9 +1129,11 @@ fn channels_page_lists_subscriptions_with_status_escaped_and_never_the_secret() 
     assert!(b.contains("orders&lt;&amp;&gt;&quot;&#39;"), "{b}");
     assert!(b.contains("&lt;img src=x onerror=alert(1)&gt;"), "{b}");
     assert!(!b.contains("<img"), "unescaped markup");
+    // Shown up to the first path segment: webhook URLs often carry a token.
+    assert!(b.contains("https://hooks.example.com/in…"), "{b}");
     assert!(
-        b.contains("https://hooks.example.com/in?a=1&amp;b=&#39;2&#39;"),
-        "{b}"
+        !b.contains("a=1"),
+        "the query of a subscriber URL on the page: {b}"
     );
     let gone = b
         .split("<tr class=\"subscription\">")

@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use super::html::{badge, esc, page, pager, url_enc};
+use super::html::{badge, esc, masked_url, page, pager, url_enc};
 use super::session::Session;
 use crate::api::{Api, Reply, Req};
 use crate::error::Result;
@@ -24,7 +24,7 @@ pub(super) fn list(api: &Api, req: &Req, s: &Session, notice: Option<&str>) -> R
     subs.truncate(PAGE as usize);
 
     let mut b = String::from(
-        "<h1>Channels</h1><p class=\"muted\">Subscriptions by channel. Secrets are never shown; a subscriber answering 410 Gone is disabled.</p>",
+        "<h1>Channels</h1><p class=\"muted\">Subscriptions by channel. Secrets are never shown, nor URLs past their first path segment (webhook URLs often carry a token); a subscriber answering 410 Gone is disabled.</p>",
     );
     if subs.is_empty() {
         b.push_str("<p class=\"muted\" id=\"no-subscriptions\">No subscriptions.</p>");
@@ -39,7 +39,7 @@ pub(super) fn list(api: &Api, req: &Req, s: &Session, notice: Option<&str>) -> R
                 url_enc(DELIVERY_PROVIDER),
                 esc(&sub.channel),
                 esc(&sub.name),
-                esc(&sub.url),
+                esc(&masked_url(&sub.url)),
                 badge(&sub.status),
                 esc(sub.reason.as_deref().unwrap_or(""))
             );

@@ -25,6 +25,33 @@ pub fn esc(s: &str) -> String {
     out
 }
 
+/// A subscriber's URL as the admin page shows it: scheme, host and the first path
+/// segment, the rest as "…". Webhook URLs often carry their token in the path or the
+/// query (Slack's `/services/T…/B…/secret`), and a screen is no place for it; the
+/// credentials of a `user:pass@` are never shown either.
+pub fn masked_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "…".to_string();
+    };
+    let cut = |s: &str| s.find(['/', '?', '#']).unwrap_or(s.len());
+    let (authority, path) = rest.split_at(cut(rest));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let mut out = format!("{scheme}://{host}");
+    let tail = match path.strip_prefix('/') {
+        Some(p) => {
+            let (first, more) = p.split_at(cut(p));
+            out.push('/');
+            out.push_str(first);
+            more
+        }
+        None => path,
+    };
+    if !tail.is_empty() {
+        out.push('…');
+    }
+    out
+}
+
 /// Percent-encodes a query or path component.
 pub fn url_enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -207,6 +234,26 @@ pub fn redirect(to: &str) -> Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_subscriber_url_shows_its_host_and_first_segment_only() {
+        for (url, shown) in [
+            (
+                "https://hooks.slack.com/services/T000/B000/XXXXsecret",
+                "https://hooks.slack.com/services…",
+            ),
+            ("https://h.test/in?token=abc", "https://h.test/in…"),
+            (
+                "https://user:pw@h.test:8443/hook",
+                "https://h.test:8443/hook",
+            ),
+            ("http://h.test", "http://h.test"),
+            ("http://h.test?k=v", "http://h.test…"),
+            ("not a url", "…"),
+        ] {
+            assert_eq!(masked_url(url), shown, "{url}");
+        }
+    }
 
     #[test]
     fn escapes_markup_and_quotes() {
