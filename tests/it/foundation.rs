@@ -135,6 +135,61 @@ fn an_old_database_is_upgraded_in_place() {
     assert_eq!(n, 3);
 }
 
+/// The transition trigger as schema version 1 wrote it.
+const TRIGGER_V1: &str = "
+DROP TRIGGER jobs_state_transition;
+CREATE TRIGGER jobs_state_transition
+BEFORE UPDATE OF state ON jobs
+FOR EACH ROW WHEN OLD.state IS NOT NEW.state AND (OLD.state || '>' || NEW.state) NOT IN (
+    'draft>approved', 'approved>running', 'retry>running', 'running>succeeded',
+    'running>retry', 'running>canceled', 'running>draft', 'running>approved',
+    'draft>canceled', 'approved>canceled', 'retry>canceled', 'canceled>draft',
+    'retry>approved')
+BEGIN
+    SELECT RAISE(ABORT, 'errand: job state transition not allowed by the state machine');
+END;
+PRAGMA user_version = 1;";
+
+#[test]
+fn a_version_1_database_gets_the_version_2_trigger_and_keeps_its_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.db");
+    let id = {
+        let store = Store::open(&path, Default::default()).unwrap();
+        let id = store
+            .write(|tx| jobs::insert(tx, &NewJob::get("acme", "http://h/"), 1))
+            .unwrap()
+            .id;
+        store.write(|tx| Ok(tx.execute_batch(TRIGGER_V1)?)).unwrap();
+        id
+    };
+    let store = Store::open(&path, Default::default()).unwrap();
+    let conn = store.read().unwrap();
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, errand::store::SCHEMA_VERSION);
+    let sql: String = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE name = 'jobs_state_transition'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(sql.contains("CASE NEW.state"), "{sql}");
+    drop(conn);
+    assert_eq!(
+        jobs::get(&store.read().unwrap(), id).unwrap().account,
+        "acme"
+    );
+    let refused = store
+        .write(|tx| Ok(tx.execute("UPDATE jobs SET state = 'succeeded' WHERE id = ?1", [id])?));
+    assert!(
+        refused.is_err(),
+        "the upgraded trigger still guards the table"
+    );
+}
+
 #[test]
 fn a_corrupt_or_foreign_file_gives_a_one_line_error() {
     let dir = tempfile::tempdir().unwrap();
