@@ -70,7 +70,7 @@ fn run(shared: &Shared) {
     }
 }
 
-fn base(job: &Job, next: Next, error: Option<JobError>, counted: bool) -> Finished {
+pub(super) fn base(job: &Job, next: Next, error: Option<JobError>, counted: bool) -> Finished {
     Finished {
         job_id: job.id,
         account: job.account.clone(),

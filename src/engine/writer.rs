@@ -362,46 +362,35 @@ mod tests {
             .expect("claim")
     }
 
+    /// The outcome a worker hands over for a 200: the worker's own constructor, with the
+    /// audit row of the request.
     fn success(job: &Job) -> Finished {
-        Finished {
+        let ok = JobResult {
+            status: 200,
+            headers: Vec::new(),
+            body: b"ok".to_vec(),
+            truncated: false,
+        };
+        let mut f = super::super::worker::base(job, Next::Succeed(ok), None, true);
+        f.record = Some(AttemptRecord {
             job_id: job.id,
-            account: job.account.clone(),
-            provider: job.provider.clone(),
-            lease_owner: job.lease_owner.clone().unwrap_or_default(),
             attempt: job.attempts,
-            next: Next::Succeed(JobResult {
-                status: 200,
-                headers: Vec::new(),
-                body: b"ok".to_vec(),
-                truncated: false,
-            }),
+            started_at: NOW,
+            duration_ms: 1,
+            outcome: Outcome::Success,
+            ambiguous: false,
+            request_method: job.method.clone(),
+            request_url: job.url.clone(),
+            request_headers: Vec::new(),
+            request_body: None,
+            response_status: Some(200),
+            response_headers: Some(Vec::new()),
+            response_body: Some(b"ok".to_vec()),
+            response_truncated: false,
             error: None,
-            counted: true,
-            record: Some(AttemptRecord {
-                job_id: job.id,
-                attempt: job.attempts,
-                started_at: NOW,
-                duration_ms: 1,
-                outcome: Outcome::Success,
-                ambiguous: false,
-                request_method: job.method.clone(),
-                request_url: job.url.clone(),
-                request_headers: Vec::new(),
-                request_body: None,
-                response_status: Some(200),
-                response_headers: Some(Vec::new()),
-                response_body: Some(b"ok".to_vec()),
-                response_truncated: false,
-                error: None,
-                runner: job.lease_owner.clone().unwrap_or_default(),
-            }),
-            notices: Vec::new(),
-            triage: None,
-            invalidate_credential: None,
-            operation: None,
-            disable_subscription: None,
-            callback_url: None,
-        }
+            runner: job.lease_owner.clone().unwrap_or_default(),
+        });
+        f
     }
 
     fn state(shared: &Shared, id: i64) -> Job {
