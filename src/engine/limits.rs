@@ -108,9 +108,10 @@ impl Limits {
         self.try_admit(provider, account, now).is_ok()
     }
 
-    /// Returns what an admission took, for a job that was admitted but not claimed (a
-    /// claimant that read it a moment before another claimed it): the slot, the
-    /// rate-limit token, and the half-open probe only if this was the probe.
+    /// Returns what an admission took, for a job that was not run after all (claimed by
+    /// another claimant first, refused at preflight, released at shutdown, or its worker
+    /// panicked): the slot, the rate-limit token, and the half-open probe only if this
+    /// was the probe.
     pub fn give_back(&self, provider: &str, a: &Admission) {
         let Some(p) = self.config.providers.get(provider) else {
             return;
@@ -182,15 +183,6 @@ impl Limits {
             bucket,
             probe,
         })
-    }
-
-    /// Gives back a slot taken by [`admit`](Self::admit) for a job that was not run
-    /// (claimed by another process meanwhile, or released).
-    pub fn unadmit(&self, provider: &str) {
-        if let Some(s) = self.lock().get_mut(provider) {
-            s.running = s.running.saturating_sub(1);
-            s.probing = false;
-        }
     }
 
     /// Reports a finished attempt; returns a circuit change to notify about.

@@ -40,6 +40,13 @@ use crate::store::Store;
 pub use scheduler::run_once as scheduler_pass;
 pub use supervisor::reap_once;
 
+/// A claimed job on its way to a worker, with what the provider limits took for it: a
+/// job that is not run after all (preflight, a panic, shutdown) gives exactly that back.
+pub(crate) struct Queued {
+    pub job: Job,
+    pub admission: limits::Admission,
+}
+
 /// Faults a test can inject to prove the supervisor restarts a dead thread.
 #[derive(Debug, Default)]
 pub struct Faults {
@@ -74,8 +81,8 @@ pub struct Shared {
     shutdown: AtomicBool,
     wake_tx: Sender<()>,
     wake_rx: Receiver<()>,
-    job_tx: Sender<Job>,
-    job_rx: Receiver<Job>,
+    job_tx: Sender<Queued>,
+    job_rx: Receiver<Queued>,
     pub writer: writer::WriterHandle,
     write_rx: Receiver<writer::WriteOp>,
     writer_stop: AtomicBool,
@@ -240,8 +247,8 @@ impl Engine {
         // A claim that raced the shutdown flag may have queued jobs after every worker
         // left: put them back unchanged (no attempt counted) rather than leave them
         // running under this process's lease.
-        for job in s.job_rx.try_iter() {
-            s.limits.unadmit(&job.provider);
+        for Queued { job, admission } in s.job_rx.try_iter() {
+            s.limits.give_back(&job.provider, &admission);
             s.outstanding.fetch_sub(1, Ordering::SeqCst);
             s.writer
                 .finished(worker::release(&job, "errand is shutting down"));

@@ -14,7 +14,7 @@ use crossbeam_channel::select;
 use rusqlite::Connection;
 
 use super::limits::{Admission, Refused};
-use super::Shared;
+use super::{Queued, Shared};
 use crate::error::Result;
 use crate::job::Job;
 use crate::store::engine::Finished;
@@ -287,21 +287,20 @@ impl<'s> Claim<'s> {
         let mut releases = Vec::new();
         for job in jobs {
             let at = self.admitted.iter().position(|(id, _, _)| *id == job.id);
-            let admission = at.map(|i| self.admitted.swap_remove(i));
+            let admission = at.map_or_else(Admission::default, |i| self.admitted.swap_remove(i).2);
             if self.shared.shutting_down() {
-                if let Some((_, provider, a)) = &admission {
-                    self.shared.limits.give_back(provider, a);
-                }
+                self.shared.limits.give_back(&job.provider, &admission);
                 releases.push(super::worker::release(&job, "errand is shutting down"));
                 continue;
             }
             // The slot and the admission now belong to the job in the queue.
             self.reserved -= 1;
-            if self.shared.job_tx.send(job).is_err() {
+            if let Err(e) = self.shared.job_tx.send(Queued { job, admission }) {
                 // Not possible while `Shared` holds the receiver; were it, the job's slot
                 // and admission would go back with the claim's.
+                let Queued { job, admission } = e.0;
                 self.reserved += 1;
-                self.admitted.extend(admission);
+                self.admitted.push((job.id, job.provider, admission));
             }
         }
         let next = self.next.map(|t| if t <= now { now + 50 } else { t });

@@ -11,8 +11,8 @@ use std::time::Duration;
 use crossbeam_channel::RecvTimeoutError;
 
 use super::decide::decide;
-use super::limits::CircuitEvent;
-use super::Shared;
+use super::limits::{Admission, CircuitEvent};
+use super::{Queued, Shared};
 use crate::classify::{classify, signature};
 use crate::config::Provider;
 use crate::error::Result;
@@ -39,8 +39,9 @@ fn run(shared: &Shared) {
         if shared.faults.panic_worker.swap(false, Ordering::SeqCst) {
             panic!("injected fault: worker panic");
         }
-        let job = match shared.job_rx.recv_timeout(Duration::from_millis(100)) {
-            Ok(job) => job,
+        let Queued { job, admission } = match shared.job_rx.recv_timeout(Duration::from_millis(100))
+        {
+            Ok(q) => q,
             Err(RecvTimeoutError::Timeout) => {
                 if shared.shutting_down() {
                     return;
@@ -49,19 +50,22 @@ fn run(shared: &Shared) {
             }
             Err(RecvTimeoutError::Disconnected) => return,
         };
-        let id = job.id;
-        let provider = job.provider.clone();
         let finished = if shared.shutting_down() {
-            shared.limits.unadmit(&provider);
+            shared.limits.give_back(&job.provider, &admission);
             release(&job, "errand is shutting down")
         } else {
             // A bug in one job must not take the worker (and the job's lease) with it.
-            std::panic::catch_unwind(AssertUnwindSafe(|| execute(shared, &mut standing, &job)))
-                .unwrap_or_else(|_| {
-                    log::error!("job {id}: worker panicked; holding the job for review");
-                    shared.limits.unadmit(&provider);
-                    internal_error(&job)
-                })
+            std::panic::catch_unwind(AssertUnwindSafe(|| {
+                execute(shared, &mut standing, &job, &admission)
+            }))
+            .unwrap_or_else(|_| {
+                log::error!(
+                    "job {}: worker panicked; holding the job for review",
+                    job.id
+                );
+                shared.limits.give_back(&job.provider, &admission);
+                internal_error(&job)
+            })
         };
         // The slot is free before the outcome reaches the writer, so the claim the writer
         // runs after writing it can fill the slot.
@@ -296,7 +300,7 @@ fn describe(reply: &Reply) -> String {
 }
 
 /// Runs one claimed job to an outcome.
-fn execute(shared: &Shared, standing: &mut Standing, job: &Job) -> Finished {
+fn execute(shared: &Shared, standing: &mut Standing, job: &Job, admission: &Admission) -> Finished {
     let now = shared.now();
     let provider = shared.config.provider(&job.provider);
     let Cleared {
@@ -305,12 +309,12 @@ fn execute(shared: &Shared, standing: &mut Standing, job: &Job) -> Finished {
     } = match preflight(shared, standing, job, &provider, now) {
         Ok(Ok(c)) => c,
         Ok(Err(f)) => {
-            shared.limits.unadmit(&job.provider);
+            shared.limits.give_back(&job.provider, admission);
             return f;
         }
         Err(e) => {
             log::error!("job {}: preflight could not read the database: {e}", job.id);
-            shared.limits.unadmit(&job.provider);
+            shared.limits.give_back(&job.provider, admission);
             return release(job, "database unavailable");
         }
     };

@@ -444,7 +444,7 @@ mod tests {
             .map(|j| WriteOp::Finished(Box::new(success(j))))
             .collect();
         assert!(commit(&shared, batch).is_empty());
-        let handed: Vec<i64> = shared.job_rx.try_iter().map(|j| j.id).collect();
+        let handed: Vec<i64> = shared.job_rx.try_iter().map(|q| q.job.id).collect();
         assert_eq!(
             handed,
             ids[2..].to_vec(),

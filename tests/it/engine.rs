@@ -880,3 +880,29 @@ fn outbox_rows_committed_on_errands_own_connection_are_drained_while_the_queue_i
     });
     engine.shutdown(Duration::from_millis(100));
 }
+
+#[test]
+fn a_job_refused_at_preflight_gives_its_rate_limit_token_back() {
+    let p = MockProvider::start();
+    // One token per 100 s: a job that only gets the token back can run in this test.
+    let env = TestEnv::with_config(
+        "[providers.rl]\nrate_limit = { per_second = 0.01, burst = 1, per_account = true }\n",
+    );
+    let mut expired = fast_job("a", &p.url("/never"));
+    expired.provider = "rl".into();
+    expired.expires_at = Some(1);
+    let expired = env.insert(&expired);
+    let mut next = fast_job("a", &p.url("/next"));
+    next.provider = "rl".into();
+    let next = env.insert(&next);
+    let engine = env.engine();
+    engine.shared().wake();
+    wait_for(
+        10,
+        "the next job, on the token the expired one gave back",
+        || env.state(next) == "succeeded",
+    );
+    assert_eq!(env.state(expired), "canceled");
+    assert_eq!(p.count("/never"), 0);
+    engine.shutdown(Duration::from_secs(5));
+}
