@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::{Api, Reply, Req};
-use crate::engine::metrics::DURATION_BUCKETS;
+use crate::engine::metrics::{WriterPhase, DURATION_BUCKETS};
 use crate::error::Result;
 use crate::job::JobState;
 use crate::store::attempts::Outcome;
@@ -166,6 +166,28 @@ pub fn render(api: &Api) -> Result<String> {
             .thread_restarts
             .load(std::sync::atomic::Ordering::Relaxed)
     );
+    family(
+        &mut out,
+        "errand_writer_seconds_total",
+        "counter",
+        "Wall time of the writer thread (one transaction per batch) by phase; its rate near 1 means the writer is the limit.",
+    );
+    let writer = &shared.metrics.writer;
+    for (phase, secs) in WriterPhase::ALL.iter().zip(writer.seconds()) {
+        let _ = writeln!(
+            out,
+            "errand_writer_seconds_total{{phase=\"{}\"}} {}",
+            phase.as_str(),
+            num(secs)
+        );
+    }
+    family(
+        &mut out,
+        "errand_writer_batches_total",
+        "counter",
+        "Transactions the writer committed (or tried to).",
+    );
+    let _ = writeln!(out, "errand_writer_batches_total {}", writer.batches());
     let active = stats::active_alerts(&*shared.store.read()?)?;
     family(
         &mut out,

@@ -6,13 +6,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::report::{DrainReport, FullReport, HistoryReport, SlowReport};
+use super::report::{DrainReport, FullReport, HistoryReport, SlowReport, WriterSplit};
 use super::target::{Target, TargetConfig};
 use super::{
     check_all_succeeded, config, cpu_time, enqueue_up_front, median, percentile, remove_db,
     wait_for_successes, Options, Workspace,
 };
 use crate::clock::{Clock, SystemClock};
+use crate::engine::metrics::WriterPhase;
 use crate::engine::Engine;
 use crate::error::Result;
 use crate::http_call::{self, Call, Reply};
@@ -27,7 +28,21 @@ struct Drained {
     /// CPU time of the whole process (engine and target) per job, in microseconds.
     cpu_us: f64,
     split: super::report::CpuSplit,
+    writer: WriterSplit,
     attempts: i64,
+}
+
+/// The writer's time per job by phase over a drain of `n` jobs that took `elapsed`.
+fn writer_split(engine: &Engine, n: usize, elapsed: Duration) -> WriterSplit {
+    let w = &engine.shared().metrics.writer;
+    let secs = w.seconds();
+    let per_job = |s: f64| s * 1e6 / n.max(1) as f64;
+    WriterSplit {
+        us_per_job: secs.iter().map(|s| per_job(*s)).collect(),
+        phases: WriterPhase::ALL.iter().map(|p| p.as_str()).collect(),
+        jobs_per_batch: n as f64 / w.batches().max(1) as f64,
+        busy_share: secs.iter().sum::<f64>() / elapsed.as_secs_f64().max(1e-9),
+    }
 }
 
 /// One drain on `store`: `n` due jobs of `account` enqueued, then an engine with
@@ -51,6 +66,7 @@ fn drain_once(
     let elapsed = start.elapsed();
     let cpu = cpu_time().zip(cpu).map(|(b, a)| b.saturating_sub(a));
     let split = super::cpu_split(&threads, &super::thread_cpu(), n);
+    let writer = writer_split(&engine, n, elapsed);
     engine.shutdown(GRACE);
     waited?;
     let attempts = check_all_succeeded(store, account, n)?;
@@ -58,6 +74,7 @@ fn drain_once(
         per_s: n as f64 / elapsed.as_secs_f64(),
         cpu_us: cpu.map_or(0.0, |c| c.as_secs_f64() * 1e6 / n as f64),
         split,
+        writer,
         attempts,
     })
 }
@@ -108,6 +125,7 @@ pub fn drain(
     let mut cpu = Vec::new();
     let mut raw_cpu = Vec::new();
     let mut splits = Vec::new();
+    let mut writers = Vec::new();
     let mut attempts = 0;
     for run in 0..opts.runs {
         let (store, path) = ws.fresh(opts.synchronous)?;
@@ -133,6 +151,7 @@ pub fn drain(
         errand.push(d.per_s);
         cpu.push(d.cpu_us);
         splits.push(d.split);
+        writers.push(d.writer);
         raw_runs.push(r);
         raw_cpu.push(r_cpu);
     }
@@ -147,6 +166,7 @@ pub fn drain(
         cpu_us_per_job: median(&cpu),
         raw_cpu_us_per_req: median(&raw_cpu),
         cpu_split: super::report::CpuSplit::median(&splits),
+        writer: WriterSplit::median(&writers),
         runs: errand,
         raw_runs,
     })
@@ -244,12 +264,14 @@ pub fn history(
         opts.history_rows
     ));
     let mut runs = Vec::new();
+    let mut empty_runs = Vec::new();
+    let mut ratios = Vec::new();
     let mut due_busy = Vec::new();
-    for run in 0..opts.runs {
+    let mut history_drain = |run: usize| -> Result<f64> {
         let account = format!("history-drain-{run}");
         enqueue_up_front(&store, &account, &url, opts.jobs, SystemClock.now_ms())?;
-        due_busy.push(time_due_query(&store, opts.workers, 200)?);
         // The due query is timed with the jobs waiting, then the same drain as drain_once.
+        due_busy.push(time_due_query(&store, opts.workers, 200)?);
         let cfg = Arc::new(config(store.path(), opts.workers, opts.synchronous));
         let t = Instant::now();
         let engine = Engine::start(store.clone(), cfg, Arc::new(SystemClock))?;
@@ -258,9 +280,41 @@ pub fn history(
         engine.shutdown(GRACE);
         waited?;
         check_all_succeeded(&store, &account, opts.jobs)?;
-        let rate = opts.jobs as f64 / elapsed.as_secs_f64();
-        progress(&format!("history drain run {}: {rate:.0} jobs/s", run + 1));
+        Ok(opts.jobs as f64 / elapsed.as_secs_f64())
+    };
+    let empty_drain = |run: usize| -> Result<f64> {
+        let (fresh, path) = ws.fresh(opts.synchronous)?;
+        let account = format!("history-empty-{run}");
+        let d = drain_once(
+            &fresh,
+            opts.synchronous,
+            opts.workers,
+            &url,
+            &account,
+            opts.jobs,
+        );
+        drop(fresh);
+        remove_db(&path);
+        Ok(d?.per_s)
+    };
+    for run in 0..opts.runs {
+        // Each history drain is paired with the same drain on an empty table, run next
+        // to it (first after, then before, in turn): VM noise moves a drain's rate by a
+        // fifth between minutes, so the comparison is made pair by pair.
+        let (rate, empty) = if run % 2 == 0 {
+            let rate = history_drain(run)?;
+            (rate, empty_drain(run)?)
+        } else {
+            let empty = empty_drain(run)?;
+            (history_drain(run)?, empty)
+        };
+        progress(&format!(
+            "history drain run {}: {rate:.0} jobs/s; on an empty table next to it: {empty:.0} jobs/s",
+            run + 1
+        ));
         runs.push(rate);
+        empty_runs.push(empty);
+        ratios.push(rate / empty.max(1e-9));
     }
     let (idle_p50, idle_p99) = time_due_query(&store, opts.workers, 200)?;
     let jobs_per_s = median(&runs);
@@ -270,9 +324,9 @@ pub fn history(
             fill_s,
             jobs_per_s,
             runs,
-            // Set by `HistoryReport::compare_to_empty` once the empty drain has run.
-            empty_jobs_per_s: None,
-            to_empty: None,
+            empty_jobs_per_s: median(&empty_runs),
+            empty_runs,
+            to_empty: median(&ratios),
             due_query_busy_p50_us: median(&due_busy.iter().map(|d| d.0).collect::<Vec<_>>()),
             due_query_busy_p99_us: median(&due_busy.iter().map(|d| d.1).collect::<Vec<_>>()),
             due_query_idle_p50_us: idle_p50,

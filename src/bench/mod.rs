@@ -480,9 +480,6 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> {
             )?);
         }
     }
-    if let (Some(h), Some(d)) = (report.history.as_mut(), report.drain.as_ref()) {
-        h.compare_to_empty(d.jobs_per_s);
-    }
     if opts.has(Scenario::Enqueue) {
         report.enqueue = Some(enqueue::enqueue(opts, &ws, &target, progress)?);
     }

@@ -80,6 +80,9 @@ pub struct DrainReport {
     pub raw_cpu_us_per_req: f64,
     /// That CPU per job by thread (medians over runs): where a drain's time goes.
     pub cpu_split: CpuSplit,
+    /// The writer thread's wall time per job by phase (medians over runs): the one
+    /// thread every job passes through, so what limits the drain when it is busy.
+    pub writer: WriterSplit,
     pub runs: Vec<f64>,
     pub raw_runs: Vec<f64>,
 }
@@ -107,6 +110,54 @@ impl CpuSplit {
             target_us: m(|c| c.target_us),
             other_us: m(|c| c.other_us),
         }
+    }
+}
+
+/// The writer thread's wall time per job, by phase of its batches, and the share of the
+/// drain it was busy (from the engine's `errand_writer_seconds_total`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WriterSplit {
+    /// Microseconds per job in each phase, in the order of `phases`.
+    pub us_per_job: Vec<f64>,
+    pub phases: Vec<&'static str>,
+    /// Jobs per transaction.
+    pub jobs_per_batch: f64,
+    /// Busy wall time over the drain's wall time (1.0: never idle).
+    pub busy_share: f64,
+}
+
+impl WriterSplit {
+    /// The median of each field over `runs`.
+    pub fn median(runs: &[WriterSplit]) -> WriterSplit {
+        let m = |f: &dyn Fn(&WriterSplit) -> f64| {
+            super::median(&runs.iter().map(f).collect::<Vec<_>>())
+        };
+        let phases = runs.first().map(|r| r.phases.clone()).unwrap_or_default();
+        WriterSplit {
+            us_per_job: (0..phases.len())
+                .map(|i| m(&|r: &WriterSplit| r.us_per_job.get(i).copied().unwrap_or(0.0)))
+                .collect(),
+            phases,
+            jobs_per_batch: m(&|r: &WriterSplit| r.jobs_per_batch),
+            busy_share: m(&|r: &WriterSplit| r.busy_share),
+        }
+    }
+
+    /// `outcomes 12.0, claim 6.1, ... us`, phases under 0.05 us left out.
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .phases
+            .iter()
+            .zip(&self.us_per_job)
+            .filter(|(_, us)| **us >= 0.05)
+            .map(|(p, us)| format!("{p} {us:.1}"))
+            .collect();
+        format!(
+            "{} us; busy {:.0} % of the drain, {:.0} jobs per transaction",
+            parts.join(", "),
+            self.busy_share * 100.0,
+            self.jobs_per_batch
+        )
     }
 }
 
@@ -154,26 +205,17 @@ pub struct HistoryReport {
     pub fill_s: f64,
     pub jobs_per_s: f64,
     pub runs: Vec<f64>,
-    pub empty_jobs_per_s: Option<f64>,
-    pub to_empty: Option<f64>,
+    /// Each history drain is paired with the same drain on an empty table run next to it, so
+    /// the two see the same machine: the ratio is the median of those pairs' ratios.
+    pub empty_jobs_per_s: f64,
+    pub empty_runs: Vec<f64>,
+    pub to_empty: f64,
     /// The due-job query with N jobs due (what a busy scheduler runs).
     pub due_query_busy_p50_us: f64,
     pub due_query_busy_p99_us: f64,
     /// With none due (the history's future jobs only).
     pub due_query_idle_p50_us: f64,
     pub due_query_idle_p99_us: f64,
-}
-
-impl HistoryReport {
-    /// Sets the ratio to the drain of an empty table (measured after this one).
-    pub fn compare_to_empty(&mut self, empty_jobs_per_s: f64) {
-        self.empty_jobs_per_s = Some(empty_jobs_per_s);
-        self.to_empty = Some(if empty_jobs_per_s > 0.0 {
-            self.jobs_per_s / empty_jobs_per_s
-        } else {
-            0.0
-        });
-    }
 }
 
 /// Scenario 6.
@@ -322,7 +364,8 @@ impl Report {
             );
         }
         if let Some(h) = &self.history {
-            if let Some(r) = h.to_empty {
+            {
+                let r = h.to_empty;
                 check(
                     "history drain / empty",
                     ">= 0.90",
@@ -401,6 +444,7 @@ impl Report {
                     c.writer_us, c.scheduler_us, c.workers_us, c.target_us, c.other_us
                 ),
             );
+            row("   writer wall time per job", d.writer.describe());
         }
         if let Some(f) = &self.synchronous_full {
             row(
@@ -438,10 +482,11 @@ impl Report {
             row(
                 &format!("5. drain over {} rows of history", h.rows),
                 format!(
-                    "{:.0} jobs/s{}",
+                    "{:.0} jobs/s  (runs {}; {:.2} of the empty-table drain next to each: {})",
                     h.jobs_per_s,
-                    h.to_empty
-                        .map_or(String::new(), |r| format!("  ({r:.2} of empty)"))
+                    list(&h.runs),
+                    h.to_empty,
+                    list(&h.empty_runs)
                 ),
             );
             row(

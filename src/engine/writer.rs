@@ -12,6 +12,7 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, RecvTimeoutError, Sender};
 use rusqlite::{Connection, TransactionBehavior};
 
+use super::metrics::WriterPhase as Phase;
 use super::scheduler::Claim;
 use super::Shared;
 use crate::error::{Error, Result};
@@ -196,6 +197,7 @@ fn record_outcomes(conn: &Connection, outcomes: &[Finished], now: i64) -> Result
 /// transaction (say, SQLITE_BUSY past the busy timeout) every outcome of the batch goes
 /// back (their leases are still held), and every other caller gets the error.
 fn commit(shared: &Shared, batch: Vec<WriteOp>) -> Vec<Finished> {
+    let mut clock = shared.metrics.writer.batch();
     let now = shared.now();
     let mut outcomes: Vec<Finished> = Vec::new();
     let mut execs: Vec<(ExecFn, Sender<Result<Boxed>>)> = Vec::new();
@@ -216,7 +218,9 @@ fn commit(shared: &Shared, batch: Vec<WriteOp>) -> Vec<Finished> {
     let mut conn = shared.store.writer();
     let result: Result<Vec<Written>> = (|| {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        clock.lap(Phase::Begin);
         let written = record_outcomes(&tx, &outcomes, now)?;
+        clock.lap(Phase::Outcomes);
         for (f, reply) in execs.by_ref() {
             let sp = Savepoint::new(&tx)?;
             match f(&tx) {
@@ -230,6 +234,7 @@ fn commit(shared: &Shared, batch: Vec<WriteOp>) -> Vec<Finished> {
                 }
             }
         }
+        clock.lap(Phase::Writes);
         if let Some(c) = claim.as_mut() {
             // One bounded candidate query: this holds the write lock. What it cannot fill
             // (limits refusing a backlog) the scheduler does, reading outside the lock.
@@ -243,7 +248,9 @@ fn commit(shared: &Shared, batch: Vec<WriteOp>) -> Vec<Finished> {
                 }
             }
         }
+        clock.lap(Phase::Claim);
         tx.commit()?;
+        clock.lap(Phase::Commit);
         Ok(written)
     })();
     drop(conn);
@@ -296,6 +303,7 @@ fn commit(shared: &Shared, batch: Vec<WriteOp>) -> Vec<Finished> {
             if any && refilled != Some(true) {
                 shared.wake();
             }
+            clock.lap(Phase::Handoff);
             later
         }
         Err(e) => {

@@ -709,6 +709,22 @@ fn metrics_count_two_successes_and_one_forbidden_in_valid_prometheus_text() {
         prom::value(&samples, "errand_thread_restarts_total", &[]),
         Some(0.0)
     );
+    // Three outcomes went through the writer: at least one batch, time in its outcomes
+    // phase, and every phase reported.
+    assert!(prom::value(&samples, "errand_writer_batches_total", &[]).unwrap_or(0.0) >= 1.0);
+    for phase in ["begin", "outcomes", "writes", "claim", "commit", "handoff"] {
+        let secs = prom::value(&samples, "errand_writer_seconds_total", &[("phase", phase)]);
+        assert!(secs.is_some_and(|s| s >= 0.0), "{phase}: {}", a.body);
+    }
+    assert!(
+        prom::value(
+            &samples,
+            "errand_writer_seconds_total",
+            &[("phase", "outcomes")]
+        )
+        .unwrap_or(0.0)
+            > 0.0
+    );
     for family in [
         "errand_attempts_total",
         "errand_jobs",
@@ -716,6 +732,8 @@ fn metrics_count_two_successes_and_one_forbidden_in_valid_prometheus_text() {
         "errand_oldest_due_seconds",
         "errand_attempt_duration_seconds",
         "errand_thread_restarts_total",
+        "errand_writer_seconds_total",
+        "errand_writer_batches_total",
     ] {
         assert!(a.body.contains(&format!("# HELP {family} ")), "{family}");
         assert!(a.body.contains(&format!("# TYPE {family} ")), "{family}");

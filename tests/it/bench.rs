@@ -52,6 +52,7 @@ fn bench_report_is_complete_and_every_job_succeeded() {
         "/latency/p99_ms",
         "/history/jobs_per_s",
         "/history/to_empty",
+        "/history/empty_jobs_per_s",
         "/history/due_query_busy_p50_us",
         "/history/due_query_idle_p50_us",
         "/slow/jobs_per_s",
@@ -61,6 +62,21 @@ fn bench_report_is_complete_and_every_job_succeeded() {
     ] {
         assert!(number(&v, p) >= 0.0, "{p}");
     }
+    // Each history drain has its empty-table drain, and the ratio is theirs.
+    let h = |k: &str| v["history"][k].as_array().map_or(0, Vec::len);
+    assert_eq!((h("runs"), h("empty_runs")), (1, 1));
+    assert!(number(&v, "/history/empty_jobs_per_s") > 0.0);
+    // The writer's time is split by phase, and it did all the drain's writing.
+    let phases = v["drain"]["writer"]["phases"].as_array().unwrap();
+    assert_eq!(phases.len(), 6, "{v:#}");
+    assert!(
+        number(&v, "/drain/writer/us_per_job/1") > 0.0,
+        "outcomes phase"
+    );
+    let busy = number(&v, "/drain/writer/busy_share");
+    assert!(busy > 0.0 && busy <= 1.05, "busy share {busy}");
+    assert!(number(&v, "/drain/writer/jobs_per_batch") >= 1.0);
+    assert!(report.table().contains("writer wall time per job"));
     // Every drained job wrote its audit row.
     assert!(number(&v, "/drain/attempt_rows") >= 200.0);
     assert_eq!(number(&v, "/slow/table_rows"), 2_000.0);
