@@ -227,16 +227,14 @@ fn time_due_query(store: &Store, workers: usize, samples: usize) -> Result<(f64,
     Ok((percentile(&us, 50.0), percentile(&us, 99.0)))
 }
 
-/// Scenario 5: a database with `history_rows` rows (90 % finished with their audit
-/// rows, 10 % scheduled a month ahead), then the drain on it `runs` times, and the
-/// due-job query timed with N jobs due and with none. Returns the store for the slow
-/// scenario (peak RSS with the history and 256 workers).
-pub fn history(
+/// Scenario 5, the table: a database with `history_rows` rows (90 % finished with their
+/// audit rows, 10 % scheduled a month ahead). Returns it and the seconds it took.
+pub fn history_table(
     opts: &Options,
     ws: &Workspace,
     target: &Target,
     progress: &mut dyn FnMut(&str),
-) -> Result<(HistoryReport, Arc<Store>)> {
+) -> Result<(Arc<Store>, f64)> {
     let url = target.url("/history");
     let (store, _) = ws.fresh(opts.synchronous)?;
     let now = SystemClock.now_ms();
@@ -263,6 +261,21 @@ pub fn history(
         "history: {} rows written in {fill_s:.1} s",
         opts.history_rows
     ));
+    Ok((store, fill_s))
+}
+
+/// Scenario 5, the drains: on `store` (the history table, filled in `fill_s`), the drain
+/// `runs` times, each paired with the same drain on an empty table, and the due-job
+/// query timed with N jobs due and with none.
+pub fn history(
+    opts: &Options,
+    ws: &Workspace,
+    target: &Target,
+    store: &Arc<Store>,
+    fill_s: f64,
+    progress: &mut dyn FnMut(&str),
+) -> Result<HistoryReport> {
+    let url = target.url("/history");
     let mut runs = Vec::new();
     let mut empty_runs = Vec::new();
     let mut ratios = Vec::new();
@@ -318,22 +331,19 @@ pub fn history(
     }
     let (idle_p50, idle_p99) = time_due_query(&store, opts.workers, 200)?;
     let jobs_per_s = median(&runs);
-    Ok((
-        HistoryReport {
-            rows: opts.history_rows,
-            fill_s,
-            jobs_per_s,
-            runs,
-            empty_jobs_per_s: median(&empty_runs),
-            empty_runs,
-            to_empty: median(&ratios),
-            due_query_busy_p50_us: median(&due_busy.iter().map(|d| d.0).collect::<Vec<_>>()),
-            due_query_busy_p99_us: median(&due_busy.iter().map(|d| d.1).collect::<Vec<_>>()),
-            due_query_idle_p50_us: idle_p50,
-            due_query_idle_p99_us: idle_p99,
-        },
-        store,
-    ))
+    Ok(HistoryReport {
+        rows: opts.history_rows,
+        fill_s,
+        jobs_per_s,
+        runs,
+        empty_jobs_per_s: median(&empty_runs),
+        empty_runs,
+        to_empty: median(&ratios),
+        due_query_busy_p50_us: median(&due_busy.iter().map(|d| d.0).collect::<Vec<_>>()),
+        due_query_busy_p99_us: median(&due_busy.iter().map(|d| d.1).collect::<Vec<_>>()),
+        due_query_idle_p50_us: idle_p50,
+        due_query_idle_p99_us: idle_p99,
+    })
 }
 
 /// Scenario 6: a target answering after `slow_latency` and `slow_workers` workers,

@@ -449,25 +449,29 @@ pub fn run(opts: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report> {
         latency: opts.target_latency,
         fail_rate: opts.fail_rate,
     })?;
-    // History and the slow scenario (whose peak RSS is the memory figure) run first:
-    // a later reset of the peak would start from whatever the earlier scenarios left
-    // with the allocator, and the figure is meant to be the engine's, not the bench's.
-    let mut history_store = None;
+    // The history table is filled, then the slow scenario (whose peak RSS is the memory
+    // figure) runs on it before any drain: a reset of the peak starts from whatever
+    // earlier scenarios left with the allocator, and the figure is meant to be the
+    // engine's, not the bench's.
+    let mut history_table = None;
     if opts.has(Scenario::History) {
-        let (h, store) = drain::history(opts, &ws, &target, progress)?;
-        report.history = Some(h);
-        history_store = Some(store);
+        history_table = Some(drain::history_table(opts, &ws, &target, progress)?);
     }
     if opts.has(Scenario::Slow) {
         let reset = reset_peak_rss();
-        let slow = drain::slow(opts, &ws, history_store.as_ref(), progress)?;
+        let store = history_table.as_ref().map(|(s, _)| s);
+        let slow = drain::slow(opts, &ws, store, progress)?;
         if reset {
             report.rss.slow_peak_mib = peak_rss_mib();
             report.rss.slow_rows = slow.table_rows;
         }
         report.slow = Some(slow);
     }
-    drop(history_store);
+    if let Some((store, fill_s)) = history_table.take() {
+        report.history = Some(drain::history(
+            opts, &ws, &target, &store, fill_s, progress,
+        )?);
+    }
     if opts.has(Scenario::Drain) {
         report.drain = Some(drain::drain(opts, &ws, &target, progress)?);
         if opts.synchronous == Synchronous::Full {
