@@ -282,9 +282,9 @@ pub fn history(
     let mut due_busy = Vec::new();
     let mut history_drain = |run: usize| -> Result<f64> {
         let account = format!("history-drain-{run}");
-        enqueue_up_front(&store, &account, &url, opts.jobs, SystemClock.now_ms())?;
+        enqueue_up_front(store, &account, &url, opts.jobs, SystemClock.now_ms())?;
         // The due query is timed with the jobs waiting, then the same drain as drain_once.
-        due_busy.push(time_due_query(&store, opts.workers, 200)?);
+        due_busy.push(time_due_query(store, opts.workers, 200)?);
         let cfg = Arc::new(config(store.path(), opts.workers, opts.synchronous));
         let t = Instant::now();
         let engine = Engine::start(store.clone(), cfg, Arc::new(SystemClock))?;
@@ -292,7 +292,7 @@ pub fn history(
         let elapsed = t.elapsed();
         engine.shutdown(GRACE);
         waited?;
-        check_all_succeeded(&store, &account, opts.jobs)?;
+        check_all_succeeded(store, &account, opts.jobs)?;
         Ok(opts.jobs as f64 / elapsed.as_secs_f64())
     };
     let empty_drain = |run: usize| -> Result<f64> {
@@ -329,7 +329,7 @@ pub fn history(
         empty_runs.push(empty);
         ratios.push(rate / empty.max(1e-9));
     }
-    let (idle_p50, idle_p99) = time_due_query(&store, opts.workers, 200)?;
+    let (idle_p50, idle_p99) = time_due_query(store, opts.workers, 200)?;
     let jobs_per_s = median(&runs);
     Ok(HistoryReport {
         rows: opts.history_rows,

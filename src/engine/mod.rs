@@ -184,6 +184,9 @@ impl Engine {
     /// a dead predecessor on this host are recovered at once.
     pub fn start(store: Arc<Store>, config: Arc<Config>, clock: SharedClock) -> Result<Engine> {
         let workers = config.workers;
+        // The supervisor checkpoints in the background; the writer's own commits do it
+        // only as a backstop, when the WAL has grown this far anyway.
+        store.set_writer_autocheckpoint(supervisor::WRITER_AUTOCHECKPOINT)?;
         let shared = Arc::new(Shared::new(store, config, clock));
         let now = shared.now();
         shared.scheduler_beat.beat(now);

@@ -205,6 +205,24 @@ impl Store {
         Ok(out)
     }
 
+    /// Copies what the WAL holds into the database file without waiting for or blocking
+    /// the writer or any reader (`wal_checkpoint(PASSIVE)`, on a read connection), so the
+    /// writer's commits need not do it. Returns the WAL's frames and how many of them are
+    /// now in the file.
+    pub fn checkpoint(&self) -> Result<(i64, i64)> {
+        let conn = self.read()?;
+        let mut stmt = conn.prepare_cached("PRAGMA wal_checkpoint(PASSIVE)")?;
+        Ok(stmt.query_row([], |r| Ok((r.get(1)?, r.get(2)?)))?)
+    }
+
+    /// How many WAL frames the write connection lets accumulate before one of its commits
+    /// checkpoints (`PRAGMA wal_autocheckpoint`, SQLite's default 1,000).
+    pub fn set_writer_autocheckpoint(&self, frames: u32) -> Result<()> {
+        self.writer()
+            .execute_batch(&format!("PRAGMA wal_autocheckpoint = {frames}"))?;
+        Ok(())
+    }
+
     /// The current generation of the data preflight reads.
     pub fn generation(&self) -> u64 {
         self.generation.load(std::sync::atomic::Ordering::SeqCst)

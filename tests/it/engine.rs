@@ -906,3 +906,37 @@ fn a_job_refused_at_preflight_gives_its_rate_limit_token_back() {
     assert_eq!(p.count("/never"), 0);
     engine.shutdown(Duration::from_secs(5));
 }
+
+#[test]
+fn the_supervisor_checkpoints_the_wal_so_the_writers_commits_need_not() {
+    let env = TestEnv::new();
+    let engine = env.engine();
+    // The writer's own commits checkpoint only as a backstop.
+    let frames: i64 = env
+        .store
+        .writer()
+        .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(frames, 10_000);
+    // In WAL mode the database file is written only by checkpoints: ~1 MB of drafts (not
+    // run) committed through the writer's connection, far below its backstop, reaches
+    // the file only if the supervisor copies it there.
+    let size = || std::fs::metadata(env.db_path()).unwrap().len();
+    let before = size();
+    let mut job = NewJob::get("acme", "http://127.0.0.1:9/never");
+    job.state = errand::job::JobState::Draft;
+    job.body = Some(vec![b'x'; 2_000]);
+    let now = SystemClock.now_ms();
+    env.store
+        .write(|tx| {
+            for _ in 0..500 {
+                errand::store::jobs::insert(tx, &job, now)?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    wait_for(10, "the WAL copied into the database file", || {
+        size() > before + 900_000
+    });
+    engine.shutdown(Duration::from_secs(5));
+}
