@@ -1,6 +1,6 @@
 //! The audit log: one row per attempt.
 
-use rusqlite::{named_params, Connection};
+use rusqlite::{params, Connection};
 use serde_json::{json, Value};
 
 use crate::error::Result;
@@ -73,31 +73,33 @@ const INSERT: &str = r#"
 INSERT INTO attempts (job_id, attempt, started_at, duration_ms, outcome, ambiguous,
     request_method, request_url, request_headers, request_body, response_status,
     response_headers, response_body, response_truncated, error, runner)
-VALUES (:job_id, :attempt, :started_at, :duration_ms, :outcome, :ambiguous, :method, :url,
-    :req_headers, :req_body, :status, :resp_headers, :resp_body, :truncated, :error, :runner)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)
 "#;
 
 /// Appends one attempt.
 pub fn insert(conn: &Connection, a: &AttemptRecord) -> Result<()> {
     let mut stmt = conn.prepare_cached(INSERT)?;
-    stmt.execute(named_params! {
-        ":job_id": a.job_id,
-        ":attempt": a.attempt,
-        ":started_at": a.started_at,
-        ":duration_ms": a.duration_ms,
-        ":outcome": a.outcome.as_str(),
-        ":ambiguous": a.ambiguous,
-        ":method": a.request_method,
-        ":url": a.request_url,
-        ":req_headers": serde_json::to_string(&a.request_headers).unwrap_or_default(),
-        ":req_body": a.request_body,
-        ":status": a.response_status,
-        ":resp_headers": a.response_headers.as_ref().and_then(|h| serde_json::to_string(h).ok()),
-        ":resp_body": a.response_body,
-        ":truncated": a.response_truncated,
-        ":error": a.error,
-        ":runner": a.runner,
-    })?;
+    // Positional: one audit row per attempt, and binding by name costs a lookup each.
+    stmt.execute(params![
+        a.job_id,
+        a.attempt,
+        a.started_at,
+        a.duration_ms,
+        a.outcome.as_str(),
+        a.ambiguous,
+        a.request_method,
+        a.request_url,
+        serde_json::to_string(&a.request_headers).unwrap_or_default(),
+        a.request_body,
+        a.response_status,
+        a.response_headers
+            .as_ref()
+            .and_then(|h| serde_json::to_string(h).ok()),
+        a.response_body,
+        a.response_truncated,
+        a.error,
+        a.runner,
+    ])?;
     Ok(())
 }
 

@@ -2,7 +2,7 @@
 //! (running -> anything), extend and reap leases. Every UPDATE is guarded by the state,
 //! lease owner and attempt it expects; zero rows changed is `Expired`, never silence.
 
-use rusqlite::{named_params, params_from_iter, Connection};
+use rusqlite::{named_params, params, params_from_iter, Connection};
 
 use super::jobs::{from_row, COLUMNS};
 use crate::error::Result;
@@ -200,19 +200,19 @@ fn enqueue_callback(conn: &Connection, id: i64, attempt: i64, url: &str, now: i6
 }
 
 const RECORD: &str = r#"
-UPDATE jobs SET state = :to,
-       run_at = COALESCE(:run_at, run_at),
-       attempts = attempts - :uncount,
+UPDATE jobs SET state = ?1,
+       run_at = COALESCE(?2, run_at),
+       attempts = attempts - ?3,
        lease_owner = NULL, lease_until = NULL,
-       last_error = CASE WHEN :to = 'succeeded' THEN NULL
-                         WHEN :error IS NULL THEN last_error ELSE :error END,
-       result_status = COALESCE(:status, result_status),
-       result_headers = COALESCE(:headers, result_headers),
-       result_body = COALESCE(:body, result_body),
-       result_truncated = COALESCE(:truncated, result_truncated),
-       updated_at = :now,
-       finished_at = CASE WHEN :to IN ('succeeded', 'canceled') THEN :now ELSE NULL END
- WHERE id = :id AND state = 'running' AND lease_owner = :owner AND attempts = :attempt
+       last_error = CASE WHEN ?1 = 'succeeded' THEN NULL
+                         WHEN ?4 IS NULL THEN last_error ELSE ?4 END,
+       result_status = COALESCE(?5, result_status),
+       result_headers = COALESCE(?6, result_headers),
+       result_body = COALESCE(?7, result_body),
+       result_truncated = COALESCE(?8, result_truncated),
+       updated_at = ?9,
+       finished_at = CASE WHEN ?1 IN ('succeeded', 'canceled') THEN ?9 ELSE NULL END
+ WHERE id = ?10 AND state = 'running' AND lease_owner = ?11 AND attempts = ?12
 "#;
 
 /// Writes a finished attempt: the job's new state (guarded by state, owner and attempt),
@@ -228,20 +228,22 @@ pub fn record(conn: &Connection, f: &Finished, now: i64) -> Result<bool> {
     };
     let error = f.error.as_ref().and_then(|e| serde_json::to_string(e).ok());
     let mut stmt = conn.prepare_cached(RECORD)?;
-    let n = stmt.execute(named_params! {
-        ":to": to.as_str(),
-        ":run_at": run_at,
-        ":uncount": i64::from(!f.counted),
-        ":error": error,
-        ":status": result.map(|r| r.status),
-        ":headers": result.and_then(|r| serde_json::to_string(&r.headers).ok()),
-        ":body": result.map(|r| r.body.as_slice()),
-        ":truncated": result.map(|r| r.truncated),
-        ":now": now,
-        ":id": f.job_id,
-        ":owner": f.lease_owner,
-        ":attempt": f.attempt,
-    })?;
+    // Positional parameters: binding by name costs a lookup per name per job, and this
+    // runs once for every attempt.
+    let n = stmt.execute(params![
+        to.as_str(),
+        run_at,
+        i64::from(!f.counted),
+        error,
+        result.map(|r| r.status),
+        result.and_then(|r| serde_json::to_string(&r.headers).ok()),
+        result.map(|r| r.body.as_slice()),
+        result.map(|r| r.truncated),
+        now,
+        f.job_id,
+        f.lease_owner,
+        f.attempt,
+    ])?;
     if let Some(rec) = &f.record {
         attempts::insert(conn, rec)?;
     }
