@@ -110,17 +110,22 @@ pub fn claim(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
+    // The IN list has a power-of-two length (padded by repeating the first id: IN is a
+    // set), so the claims of a busy engine share a handful of cached statements instead
+    // of evicting each other: one per batch size would re-prepare most claims.
+    let slots = ids.len().next_power_of_two();
     let sql = format!(
         "UPDATE jobs SET state = 'running', lease_owner = ?, lease_until = ?, attempts = attempts + 1,
                 updated_at = ?
           WHERE id IN ({}) AND state IN ('approved', 'retry') AND run_at <= ?
          RETURNING {COLUMNS}",
-        placeholders(ids.len())
+        placeholders(slots)
     );
     let mut stmt = conn.prepare_cached(&sql)?;
     let mut values: Vec<rusqlite::types::Value> =
         vec![owner.to_string().into(), lease_until.into(), now.into()];
     values.extend(ids.iter().map(|&i| i.into()));
+    values.extend(std::iter::repeat_n(ids[0].into(), slots - ids.len()));
     values.push(now.into());
     let rows = stmt.query_map(params_from_iter(values), from_row)?;
     Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -400,4 +405,39 @@ pub fn prune(
         [keys_before],
     )?;
     Ok((attempts_deleted, jobs_deleted))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::NewJob;
+    use crate::store::{jobs, Store, Synchronous};
+
+    #[test]
+    fn a_claim_of_any_size_takes_exactly_its_jobs_through_a_padded_in_list() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path().join("c.db"), Synchronous::Normal).expect("store");
+        let now = 1_000;
+        let ids: Vec<i64> = store
+            .write(|tx| {
+                (0..9)
+                    .map(|_| Ok(jobs::insert(tx, &NewJob::get("acme", "http://x/"), now)?.id))
+                    .collect()
+            })
+            .expect("insert");
+        // 5 ids use the 8-slot statement, 1 the 1-slot one, 3 the 4-slot one.
+        for (take, slots) in [(&ids[0..5], 8), (&ids[5..6], 1), (&ids[6..9], 4)] {
+            let claimed = store
+                .write(|tx| claim(tx, take, "me", now + 60_000, now))
+                .expect("claim");
+            let mut got: Vec<i64> = claimed.iter().map(|j| j.id).collect();
+            got.sort_unstable();
+            assert_eq!(got, take, "{slots} slots");
+        }
+        // Claimed once each: nothing is left to claim.
+        let again = store
+            .write(|tx| claim(tx, &ids, "me", now + 60_000, now))
+            .expect("claim");
+        assert!(again.is_empty());
+    }
 }
