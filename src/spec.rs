@@ -93,6 +93,23 @@ impl NewJob {
         }
     }
 
+    /// Refuses an `expires_at` at or before the job's first run (`run_at`, or `now` plus
+    /// `delay_ms`): such a job could only expire. [`NewJob::from_json`] checks an absolute
+    /// `run_at` already; a delay needs the clock of the moment the job is written.
+    pub fn check_expiry(&self, now: i64) -> Result<()> {
+        let first_run = match self.due {
+            Due::After(d) => now.saturating_add(d),
+            Due::At(t) => t,
+        };
+        match self.expires_at {
+            Some(exp) if exp <= first_run => Err(Error::invalid(
+                "expires_at",
+                "is not after the job's first run (run_at, or now + delay_ms): the job could only expire; move expires_at later or drop it",
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Parses and validates the JSON of SPEC §4 `POST /v1/jobs`.
     pub fn from_json(v: &Value) -> Result<NewJob> {
         let obj = v

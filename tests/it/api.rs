@@ -330,6 +330,18 @@ fn every_bad_input_gets_a_4xx_naming_the_field_and_writes_no_row() {
         );
         assert!(a.json()["error"]["code"].is_string());
     }
+    // A job that could only expire: its delay takes it past its expires_at. Refused with
+    // or without an Idempotency-Key, and the key is not spent on it.
+    let soon = errand::time::format_rfc3339(errand::clock::Clock::now_ms(&SystemClock) + 60_000);
+    let late = format!(
+        r#"{{"account": "a", "request": {{"url": "http://h/x"}}, "delay_ms": 3600000, "expires_at": "{soon}"}}"#
+    );
+    for headers in [vec![], vec![("Idempotency-Key", "late-1")]] {
+        let a = http("POST", &url, &headers, Some(&late));
+        assert_eq!(a.status, 400, "{}", a.body);
+        let msg = a.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(msg.starts_with("expires_at"), "{msg}");
+    }
     assert_eq!(api.jobs(), 0);
 
     let huge = "x".repeat(20 << 20);

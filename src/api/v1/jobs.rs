@@ -117,6 +117,9 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
         Err(r) => return r.into(),
     };
     let now = api.shared.now();
+    if let Err(e) = job.check_expiry(now) {
+        return Reply::from_error(&e).into();
+    }
     let Some(key) = key else {
         let state = job.state;
         let r = write(api, move |c| jobs::insert(c, &job, now));
