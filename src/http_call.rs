@@ -25,11 +25,60 @@ const SECRET_HEADERS: [&str; 7] = [
     "x-auth-token",
 ];
 
+/// Resolves a URL's host for ureq. An IP address is used as it is, on the calling
+/// thread; a host name goes to ureq's resolver, which looks it up on a thread of its own
+/// so the call's timeout bounds it. ureq's own resolver does that for every call once a
+/// timeout is set, IP address or not: a thread per call, which capped a loop of calls to
+/// 127.0.0.1 at ~10,700/s against ~40,000/s without.
+#[derive(Debug, Default)]
+pub struct Resolver {
+    names: ureq::unversioned::resolver::DefaultResolver,
+}
+
+impl Resolver {
+    /// The address of an IP-literal `uri` (`http://10.0.0.1:8080/`, `https://[::1]/`),
+    /// with the scheme's port when none is given; None for a host name.
+    pub fn literal(uri: &ureq::http::Uri) -> Option<std::net::SocketAddr> {
+        let host = uri.host()?;
+        let ip: std::net::IpAddr = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host)
+            .parse()
+            .ok()?;
+        let port = uri.port_u16().or(match uri.scheme_str() {
+            Some("https") => Some(443),
+            Some("http") => Some(80),
+            _ => None,
+        })?;
+        Some(std::net::SocketAddr::new(ip, port))
+    }
+}
+
+impl ureq::unversioned::resolver::Resolver for Resolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        match Resolver::literal(uri) {
+            Some(addr) => {
+                let mut addrs = self.empty();
+                addrs.push(addr);
+                Ok(addrs)
+            }
+            None => self.names.resolve(uri, config, timeout),
+        }
+    }
+}
+
 /// The shared agent: keep-alive pool, statuses as responses (not errors), no redirects
-/// (a 3xx is an outcome to classify, not something to follow with a POST body), and no
-/// agent-level timeouts (see [`send`]).
+/// (a 3xx is an outcome to classify, not something to follow with a POST body), IP
+/// addresses used without a lookup ([`Resolver`]), and timeouts set per call (see
+/// [`send`]).
 pub fn agent(max_idle: usize) -> ureq::Agent {
-    ureq::Agent::config_builder()
+    let config = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
         .max_idle_connections(max_idle.max(16))
@@ -43,8 +92,12 @@ pub fn agent(max_idle: usize) -> ureq::Agent {
         .max_response_header_size(INPUT_BUFFER)
         .output_buffer_size(16 * 1024)
         .user_agent(concat!("errand/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .new_agent()
+        .build();
+    ureq::Agent::with_parts(
+        config,
+        ureq::unversioned::transport::DefaultConnector::default(),
+        Resolver::default(),
+    )
 }
 
 /// A request ready to send. `headers` already include the credential, if any.
@@ -135,9 +188,10 @@ fn transport(e: &ureq::Error) -> (TransportKind, String) {
 }
 
 /// Sends `call` and reads at most `body_cap` bytes of the answer (the rest is read and
-/// discarded up to a limit, and flagged). Timeouts are set per phase — connect, send,
-/// wait for the response, read the body — each `timeout_ms`: a global timeout would make
-/// ureq resolve the host on a new thread for every call.
+/// discarded up to a limit, and flagged). `timeout_ms` bounds the whole call: name
+/// lookup, connect, send, the response and its body. Lookup and connect must end within
+/// nine tenths of it, so a call that never got connected is told apart (it was not sent:
+/// [`TransportKind::ConnectTimeout`]) from one that timed out after sending (ambiguous).
 pub fn send(agent: &ureq::Agent, call: &Call) -> (Reply, Duration) {
     let start = Instant::now();
     let reply = send_inner(agent, call);
@@ -160,14 +214,13 @@ fn send_inner(agent: &ureq::Agent, call: &Call) -> Reply {
             }
         }
     };
-    let t = Some(Duration::from_millis(call.timeout_ms.max(1)));
+    let total = Duration::from_millis(call.timeout_ms.max(1));
+    let connect = Some(total * 9 / 10);
     let request = agent
         .configure_request(request)
-        .timeout_connect(t)
-        .timeout_send_request(t)
-        .timeout_send_body(t)
-        .timeout_recv_response(t)
-        .timeout_recv_body(t)
+        .timeout_per_call(Some(total))
+        .timeout_resolve(connect)
+        .timeout_connect(connect)
         .build();
     let mut response = match agent.run(request) {
         Ok(r) => r,
@@ -193,10 +246,11 @@ fn send_inner(agent: &ureq::Agent, call: &Call) -> Reply {
         .take(call.body_cap as u64 + 1)
         .read_to_end(&mut body);
     if let Err(e) = read {
-        let kind = if e.kind() == std::io::ErrorKind::TimedOut {
-            TransportKind::Timeout
-        } else {
-            TransportKind::Reset
+        // ureq reports its own errors (a timeout among them) wrapped in an io::Error.
+        let kind = match e.get_ref().and_then(|x| x.downcast_ref::<ureq::Error>()) {
+            Some(inner) => transport(inner).0,
+            None if e.kind() == std::io::ErrorKind::TimedOut => TransportKind::Timeout,
+            None => TransportKind::Reset,
         };
         return Reply::Transport {
             kind,
@@ -300,5 +354,93 @@ mod tests {
         assert_eq!(r[2].1, "a [redacted] b");
         assert_eq!(r[3].1, "*/*");
         assert_eq!(redact_bytes(b"xs3crety", Some("s3cret")), b"x[redacted]y");
+    }
+}
+
+#[cfg(test)]
+mod timeout_tests {
+    use super::*;
+    use std::io::Write;
+    use std::net::TcpListener;
+
+    fn uri(s: &str) -> ureq::http::Uri {
+        s.parse().expect("uri")
+    }
+
+    #[test]
+    fn an_ip_address_is_its_own_resolution_and_a_name_is_not() {
+        let lit = |s| Resolver::literal(&uri(s)).map(|a| a.to_string());
+        assert_eq!(
+            lit("http://127.0.0.1:8080/x").as_deref(),
+            Some("127.0.0.1:8080")
+        );
+        assert_eq!(lit("http://10.1.2.3/").as_deref(), Some("10.1.2.3:80"));
+        assert_eq!(lit("https://10.1.2.3/").as_deref(), Some("10.1.2.3:443"));
+        assert_eq!(lit("https://[::1]:9/a").as_deref(), Some("[::1]:9"));
+        assert_eq!(lit("http://[::1]/").as_deref(), Some("[::1]:80"));
+        assert_eq!(lit("https://api.example.com/"), None);
+        assert_eq!(lit("http://localhost:80/"), None);
+    }
+
+    #[test]
+    fn a_name_is_still_looked_up_and_a_call_to_it_connects() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut s, &mut buf);
+            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
+        });
+        let call = Call {
+            method: "GET".into(),
+            url: format!("http://localhost:{port}/"),
+            headers: Vec::new(),
+            body: None,
+            timeout_ms: 5_000,
+            body_cap: 1024,
+        };
+        let (reply, _) = send(&agent(1), &call);
+        assert!(
+            matches!(reply, Reply::Response { status: 204, .. }),
+            "{reply:?}"
+        );
+        server.join().expect("server");
+    }
+
+    /// `timeout_ms` bounds the whole call: a server that answers each phase within it
+    /// (headers after 60 %, the body over another 60 %) still runs out of it. Bounded per
+    /// phase, as before, this call succeeded after 1.2 × `timeout_ms`.
+    #[test]
+    fn timeout_ms_bounds_the_whole_call_not_each_phase() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut s, &mut buf);
+            std::thread::sleep(Duration::from_millis(300));
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n");
+            for b in b"abcdef" {
+                std::thread::sleep(Duration::from_millis(50));
+                if s.write_all(&[*b]).is_err() {
+                    return;
+                }
+            }
+        });
+        let call = Call {
+            method: "GET".into(),
+            url: format!("http://127.0.0.1:{port}/"),
+            headers: Vec::new(),
+            body: None,
+            timeout_ms: 500,
+            body_cap: 1024,
+        };
+        let (reply, _) = send(&agent(1), &call);
+        match reply {
+            Reply::Transport { kind, .. } => assert_eq!(kind, TransportKind::Timeout),
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        server.join().expect("server");
     }
 }

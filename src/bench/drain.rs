@@ -80,7 +80,7 @@ fn drain_once(
 }
 
 /// The raw ceiling: `n` requests to `url` from `threads` threads in a bare loop over one
-/// agent built like the engine's (same settings, same per-phase timeouts). Returns
+/// agent built like the engine's (same settings, same timeouts). Returns
 /// requests/s and CPU microseconds per request.
 pub fn raw(url: &str, threads: usize, n: usize) -> (f64, f64) {
     let agent = http_call::agent(threads);
@@ -89,7 +89,7 @@ pub fn raw(url: &str, threads: usize, n: usize) -> (f64, f64) {
         url: url.into(),
         headers: Vec::new(),
         body: None,
-        timeout_ms: 30_000, // the engine's default per-phase timeout
+        timeout_ms: 30_000, // the engine's default call timeout
         body_cap: crate::config::Config::default().response_body_cap,
     };
     let next = AtomicUsize::new(0);

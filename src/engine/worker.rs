@@ -23,7 +23,7 @@ use crate::store::attempts::{AttemptRecord, Outcome};
 use crate::store::engine::{Finished, Next};
 use crate::store::notes::Notice;
 
-/// The default per-phase timeout of a call.
+/// The default timeout of a whole call.
 pub const DEFAULT_TIMEOUT_MS: i64 = 30_000;
 
 pub(super) fn spawn(shared: Arc<Shared>, index: usize) -> JoinHandle<()> {
