@@ -382,25 +382,38 @@ mod timeout_tests {
         assert_eq!(lit("http://localhost:80/"), None);
     }
 
-    #[test]
-    fn a_name_is_still_looked_up_and_a_call_to_it_connects() {
+    /// A server for one connection: reads the request, then lets `answer` write.
+    fn serve_once(
+        answer: impl FnOnce(&mut std::net::TcpStream) + Send + 'static,
+    ) -> (u16, std::thread::JoinHandle<()>) {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().expect("accept");
             let mut buf = [0u8; 4096];
             let _ = std::io::Read::read(&mut s, &mut buf);
-            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
+            answer(&mut s);
         });
-        let call = Call {
+        (port, server)
+    }
+
+    fn get(url: String, timeout_ms: u64) -> Call {
+        Call {
             method: "GET".into(),
-            url: format!("http://localhost:{port}/"),
+            url,
             headers: Vec::new(),
             body: None,
-            timeout_ms: 5_000,
+            timeout_ms,
             body_cap: 1024,
-        };
-        let (reply, _) = send(&agent(1), &call);
+        }
+    }
+
+    #[test]
+    fn a_name_is_still_looked_up_and_a_call_to_it_connects() {
+        let (port, server) = serve_once(|s| {
+            let _ = s.write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n");
+        });
+        let (reply, _) = send(&agent(1), &get(format!("http://localhost:{port}/"), 5_000));
         assert!(
             matches!(reply, Reply::Response { status: 204, .. }),
             "{reply:?}"
@@ -413,12 +426,7 @@ mod timeout_tests {
     /// phase, as before, this call succeeded after 1.2 × `timeout_ms`.
     #[test]
     fn timeout_ms_bounds_the_whole_call_not_each_phase() {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = listener.local_addr().expect("addr").port();
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = listener.accept().expect("accept");
-            let mut buf = [0u8; 4096];
-            let _ = std::io::Read::read(&mut s, &mut buf);
+        let (port, server) = serve_once(|s| {
             std::thread::sleep(Duration::from_millis(300));
             let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\n");
             for b in b"abcdef" {
@@ -428,15 +436,7 @@ mod timeout_tests {
                 }
             }
         });
-        let call = Call {
-            method: "GET".into(),
-            url: format!("http://127.0.0.1:{port}/"),
-            headers: Vec::new(),
-            body: None,
-            timeout_ms: 500,
-            body_cap: 1024,
-        };
-        let (reply, _) = send(&agent(1), &call);
+        let (reply, _) = send(&agent(1), &get(format!("http://127.0.0.1:{port}/"), 500));
         match reply {
             Reply::Transport { kind, .. } => assert_eq!(kind, TransportKind::Timeout),
             other => panic!("expected a timeout, got {other:?}"),
