@@ -78,7 +78,15 @@ impl ureq::unversioned::resolver::Resolver for Resolver {
 /// addresses used without a lookup ([`Resolver`]), and timeouts set per call (see
 /// [`send`]).
 pub fn agent(max_idle: usize) -> ureq::Agent {
-    let config = ureq::Agent::config_builder()
+    ureq::Agent::with_parts(
+        agent_config(max_idle),
+        ureq::unversioned::transport::DefaultConnector::default(),
+        Resolver::default(),
+    )
+}
+
+fn agent_config(max_idle: usize) -> ureq::config::Config {
+    ureq::Agent::config_builder()
         .http_status_as_error(false)
         .max_redirects(0)
         .max_idle_connections(max_idle.max(16))
@@ -92,12 +100,7 @@ pub fn agent(max_idle: usize) -> ureq::Agent {
         .max_response_header_size(INPUT_BUFFER)
         .output_buffer_size(16 * 1024)
         .user_agent(concat!("errand/", env!("CARGO_PKG_VERSION")))
-        .build();
-    ureq::Agent::with_parts(
-        config,
-        ureq::unversioned::transport::DefaultConnector::default(),
-        Resolver::default(),
-    )
+        .build()
 }
 
 /// A request ready to send. `headers` already include the credential, if any.
@@ -172,12 +175,14 @@ fn transport(e: &ureq::Error) -> (TransportKind, String) {
         ureq::Error::Io(io) => match io.kind() {
             K::ConnectionRefused | K::AddrNotAvailable | K::NotFound => TransportKind::Refused,
             K::TimedOut | K::WouldBlock => TransportKind::Timeout,
+            // rustls reports a failed handshake (a bad certificate, a server that does not
+            // speak TLS) as invalid data: the request was not sent.
+            K::InvalidData if is_tls_failure(&io.to_string()) => TransportKind::Tls,
             _ => TransportKind::Reset,
         },
         ureq::Error::BadUri(_) | ureq::Error::Http(_) => TransportKind::Invalid,
         other => {
-            let s = other.to_string().to_ascii_lowercase();
-            if s.contains("tls") || s.contains("certificate") || s.contains("rustls") {
+            if is_tls_failure(&other.to_string()) {
                 TransportKind::Tls
             } else {
                 TransportKind::Reset
@@ -187,11 +192,29 @@ fn transport(e: &ureq::Error) -> (TransportKind, String) {
     (kind, e.to_string())
 }
 
+/// True for the words rustls and ureq use for a TLS failure.
+fn is_tls_failure(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    [
+        "tls",
+        "certificate",
+        "rustls",
+        "handshake",
+        "corrupt message",
+        "alert",
+        "peer is incompatible",
+        "peer misbehaved",
+    ]
+    .iter()
+    .any(|w| m.contains(w))
+}
+
 /// Sends `call` and reads at most `body_cap` bytes of the answer (the rest is read and
 /// discarded up to a limit, and flagged). `timeout_ms` bounds the whole call: name
-/// lookup, connect, send, the response and its body. Lookup and connect must end within
-/// nine tenths of it, so a call that never got connected is told apart (it was not sent:
-/// [`TransportKind::ConnectTimeout`]) from one that timed out after sending (ambiguous).
+/// lookup, connect, send, the response and its body. The lookup gets four tenths of it
+/// and the connect (with the TLS handshake) half, so a call that never got connected is
+/// told apart (it was not sent: [`TransportKind::ConnectTimeout`]) from one that timed
+/// out after sending (ambiguous).
 pub fn send(agent: &ureq::Agent, call: &Call) -> (Reply, Duration) {
     let start = Instant::now();
     let reply = send_inner(agent, call);
@@ -214,13 +237,15 @@ fn send_inner(agent: &ureq::Agent, call: &Call) -> Reply {
             }
         }
     };
+    // ureq starts the connect budget (TLS handshake included) when the lookup ends, so
+    // the two together stay under the whole call's: a call that never got connected
+    // times out as such, not as the ambiguous whole-call timeout.
     let total = Duration::from_millis(call.timeout_ms.max(1));
-    let connect = Some(total * 9 / 10);
     let request = agent
         .configure_request(request)
         .timeout_per_call(Some(total))
-        .timeout_resolve(connect)
-        .timeout_connect(connect)
+        .timeout_resolve(Some(total * 4 / 10))
+        .timeout_connect(Some(total / 2))
         .build();
     let mut response = match agent.run(request) {
         Ok(r) => r,
@@ -247,10 +272,18 @@ fn send_inner(agent: &ureq::Agent, call: &Call) -> Reply {
         .read_to_end(&mut body);
     if let Err(e) = read {
         // ureq reports its own errors (a timeout among them) wrapped in an io::Error.
-        let kind = match e.get_ref().and_then(|x| x.downcast_ref::<ureq::Error>()) {
-            Some(inner) => transport(inner).0,
-            None if e.kind() == std::io::ErrorKind::TimedOut => TransportKind::Timeout,
-            None => TransportKind::Reset,
+        // The request was sent and answered: whatever breaks now is ambiguous.
+        let timed_out = match e.get_ref().and_then(|x| x.downcast_ref::<ureq::Error>()) {
+            Some(inner) => matches!(
+                transport(inner).0,
+                TransportKind::Timeout | TransportKind::ConnectTimeout
+            ),
+            None => e.kind() == std::io::ErrorKind::TimedOut,
+        };
+        let kind = if timed_out {
+            TransportKind::Timeout
+        } else {
+            TransportKind::Reset
         };
         return Reply::Transport {
             kind,
@@ -418,6 +451,65 @@ mod timeout_tests {
             matches!(reply, Reply::Response { status: 204, .. }),
             "{reply:?}"
         );
+        server.join().expect("server");
+    }
+
+    /// A resolver as slow as a distant DNS server.
+    #[derive(Debug, Default)]
+    struct SlowLookup(Resolver);
+
+    impl ureq::unversioned::resolver::Resolver for SlowLookup {
+        fn resolve(
+            &self,
+            uri: &ureq::http::Uri,
+            config: &ureq::config::Config,
+            timeout: ureq::unversioned::transport::NextTimeout,
+        ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+            std::thread::sleep(Duration::from_millis(300));
+            self.0.resolve(uri, config, timeout)
+        }
+    }
+
+    #[test]
+    fn a_tls_handshake_that_fails_or_stalls_was_not_sent() {
+        // A server that answers the ClientHello in plain HTTP.
+        let (port, server) = serve_once(|s| {
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n");
+            std::thread::sleep(Duration::from_millis(200));
+        });
+        let (reply, _) = send(&agent(1), &get(format!("https://127.0.0.1:{port}/"), 2_000));
+        assert!(
+            matches!(
+                &reply,
+                Reply::Transport {
+                    kind: TransportKind::Tls,
+                    ..
+                }
+            ),
+            "{reply:?}"
+        );
+        assert!(!reply.is_ambiguous());
+        server.join().expect("server");
+        // A server that never answers the handshake, behind a slow lookup: the connect
+        // runs out before the whole call does, so the call is known not to be sent.
+        let (port, server) = serve_once(|_| std::thread::sleep(Duration::from_millis(1_500)));
+        let slow = ureq::Agent::with_parts(
+            agent_config(1),
+            ureq::unversioned::transport::DefaultConnector::default(),
+            SlowLookup::default(),
+        );
+        let (reply, _) = send(&slow, &get(format!("https://127.0.0.1:{port}/"), 1_000));
+        assert!(
+            matches!(
+                &reply,
+                Reply::Transport {
+                    kind: TransportKind::ConnectTimeout,
+                    ..
+                }
+            ),
+            "{reply:?}"
+        );
+        assert!(!reply.is_ambiguous());
         server.join().expect("server");
     }
 

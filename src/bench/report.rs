@@ -95,7 +95,7 @@ pub struct CpuSplit {
     pub workers_us: f64,
     /// The in-process target's threads.
     pub target_us: f64,
-    /// Everything else (the supervisor, the bench itself).
+    /// Everything else (the supervisor, the checkpointer, the bench itself).
     pub other_us: f64,
 }
 

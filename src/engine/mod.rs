@@ -164,6 +164,8 @@ pub struct Engine {
     shared: Arc<Shared>,
     threads: Arc<Mutex<Threads>>,
     supervisor: Option<JoinHandle<()>>,
+    checkpointer: Option<JoinHandle<()>>,
+    /// Stops the supervisor and the checkpointer.
     supervisor_stop: Arc<AtomicBool>,
 }
 
@@ -184,8 +186,8 @@ impl Engine {
     /// a dead predecessor on this host are recovered at once.
     pub fn start(store: Arc<Store>, config: Arc<Config>, clock: SharedClock) -> Result<Engine> {
         let workers = config.workers;
-        // The supervisor checkpoints in the background; the writer's own commits do it
-        // only as a backstop, when the WAL has grown this far anyway.
+        // The checkpointer copies the WAL in the background; the writer's own commits do
+        // it only as a backstop, when the WAL has grown this far anyway.
         store.set_writer_autocheckpoint(supervisor::WRITER_AUTOCHECKPOINT)?;
         let shared = Arc::new(Shared::new(store, config, clock));
         let now = shared.now();
@@ -206,6 +208,7 @@ impl Engine {
         let supervisor_stop = Arc::new(AtomicBool::new(false));
         let supervisor =
             supervisor::spawn(shared.clone(), threads.clone(), supervisor_stop.clone());
+        let checkpointer = supervisor::spawn_checkpointer(shared.clone(), supervisor_stop.clone());
         log::info!(
             "engine started: {workers} workers, lease owner {}",
             shared.owner
@@ -214,6 +217,7 @@ impl Engine {
             shared,
             threads,
             supervisor: Some(supervisor),
+            checkpointer: Some(checkpointer),
             supervisor_stop,
         })
     }
@@ -263,6 +267,9 @@ impl Engine {
         drop(threads);
         self.supervisor_stop.store(true, Ordering::SeqCst);
         if let Some(h) = self.supervisor.take() {
+            let _ = h.join();
+        }
+        if let Some(h) = self.checkpointer.take() {
             let _ = h.join();
         }
         log::info!("engine stopped");

@@ -1,6 +1,6 @@
 //! The supervisor: restarts engine threads that died or stalled, keeps this process's
-//! leases fresh, takes back leases of dead processes (the reaper), prunes old rows and
-//! checkpoints the WAL.
+//! leases fresh, takes back leases of dead processes (the reaper) and prunes old rows;
+//! and the checkpointer thread beside it, which copies the WAL into the database file.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,8 +18,8 @@ use crate::store::engine::{self, Finished};
 const SCHEDULER_STALL_MS: i64 = 30_000;
 /// How many lost jobs one reaper pass takes back.
 const REAP_BATCH: usize = 500;
-/// WAL frames (pages) after which a writer commit checkpoints by itself. The supervisor
-/// checkpoints every pass, off the writer; but under a steady stream of commits its
+/// WAL frames (pages) after which a writer commit checkpoints by itself. The
+/// checkpointer does it every 100 ms, off the writer; but under a steady stream of commits its
 /// PASSIVE checkpoint rarely ends between two of them, and only a checkpoint that has
 /// caught up lets the next transaction start the WAL over. This bounds the WAL (~40 MiB
 /// at 4 KiB pages) at one writer stall per 10,000 frames instead of one per 1,000.
@@ -36,6 +36,30 @@ pub(super) fn spawn(
         .unwrap_or_else(|e| panic!("cannot start the supervisor thread: {e}"))
 }
 
+/// Starts the checkpointer: every 100 ms it copies what the WAL holds into the database
+/// file (`wal_checkpoint(PASSIVE)`), on its own thread so that neither a writer commit
+/// (which would hold every outcome of its batch meanwhile) nor the supervisor's lease
+/// duties wait for the copy and its fsyncs on a slow disk. A pass that panics is logged
+/// and the next one runs.
+pub(super) fn spawn_checkpointer(shared: Arc<Shared>, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name("errand-checkpoint".into())
+        .spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(100));
+                let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    shared.store.checkpoint()
+                }));
+                match pass {
+                    Ok(Err(e)) => log::warn!("checkpoint: {e}"),
+                    Err(_) => log::error!("checkpoint pass panicked; the next one runs"),
+                    Ok(Ok(_)) => {}
+                }
+            }
+        })
+        .unwrap_or_else(|e| panic!("cannot start the checkpoint thread: {e}"))
+}
+
 fn run(shared: &Arc<Shared>, threads: &Mutex<Threads>, stop: &AtomicBool) {
     let lease_every = (shared.config.lease_ms / 3).max(100);
     let mut last_extend = shared.now();
@@ -49,11 +73,6 @@ fn run(shared: &Arc<Shared>, threads: &Mutex<Threads>, stop: &AtomicBool) {
             let now = shared.now();
             if !shared.shutting_down() {
                 check_threads(shared, threads, now);
-            }
-            // Copying the WAL into the file (and its fsyncs) happens here rather than in
-            // a writer commit, which would hold every job's outcome while it runs.
-            if let Err(e) = shared.store.checkpoint() {
-                log::warn!("checkpoint: {e}");
             }
             if now - last_extend >= lease_every {
                 last_extend = now;

@@ -209,10 +209,14 @@ impl Store {
     /// the writer or any reader (`wal_checkpoint(PASSIVE)`, on a read connection), so the
     /// writer's commits need not do it. Returns the WAL's frames and how many of them are
     /// now in the file.
-    pub fn checkpoint(&self) -> Result<(i64, i64)> {
-        let conn = self.read()?;
+    /// None, without waiting, when every read connection is in use: the next call will
+    /// do it (the writer's own backstop bounds the WAL meanwhile).
+    pub fn checkpoint(&self) -> Result<Option<(i64, i64)>> {
+        let Some(conn) = self.pool.try_get() else {
+            return Ok(None);
+        };
         let mut stmt = conn.prepare_cached("PRAGMA wal_checkpoint(PASSIVE)")?;
-        Ok(stmt.query_row([], |r| Ok((r.get(1)?, r.get(2)?)))?)
+        Ok(Some(stmt.query_row([], |r| Ok((r.get(1)?, r.get(2)?)))?))
     }
 
     /// How many WAL frames the write connection lets accumulate before one of its commits

@@ -285,6 +285,34 @@ fn concurrent_duplicates_of_an_idempotency_key_create_one_job_and_answer_202_or_
 // --- Done when: bad input gets a 4xx naming the field and writes nothing; 413; 404.
 
 #[test]
+fn a_replay_is_not_refused_because_its_delay_now_runs_past_expires_at() {
+    // The first call is judged by its own clock; a retry with the same key, later, is a
+    // replay of the job it created, even though the same body would now be refused.
+    let env = TestEnv::new();
+    let mut config = env.config.clone();
+    config.listen = "127.0.0.1:0".into();
+    let start = 1_800_000_000_000;
+    let clock = Arc::new(errand::clock::ManualClock::new(start));
+    let server = Server::start(config, clock.clone()).expect("server");
+    let url = format!("http://{}/v1/jobs", server.http.addr());
+    let body = format!(
+        r#"{{"account": "a", "request": {{"url": "http://h/x"}}, "delay_ms": 3600000, "expires_at": "{}"}}"#,
+        errand::time::format_rfc3339(start + 3_600_000 + 1_000)
+    );
+    let key = [("Idempotency-Key", "late-but-fine")];
+    let first = http("POST", &url, &key, Some(&body));
+    assert_eq!(first.status, 202, "{}", first.body);
+    clock.advance(5_000);
+    let again = http("POST", &url, &key, Some(&body));
+    assert_eq!(again.status, 202, "{}", again.body);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.json()["id"], first.json()["id"]);
+    // A new key for the same body now is refused: it could only expire.
+    let fresh = http("POST", &url, &[("Idempotency-Key", "new")], Some(&body));
+    assert_eq!(fresh.status, 400, "{}", fresh.body);
+}
+
+#[test]
 fn every_bad_input_gets_a_4xx_naming_the_field_and_writes_no_row() {
     let api = Api::start();
     let url = api.url("/v1/jobs");

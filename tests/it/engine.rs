@@ -908,7 +908,7 @@ fn a_job_refused_at_preflight_gives_its_rate_limit_token_back() {
 }
 
 #[test]
-fn the_supervisor_checkpoints_the_wal_so_the_writers_commits_need_not() {
+fn the_checkpointer_copies_the_wal_so_the_writers_commits_need_not() {
     let env = TestEnv::new();
     let engine = env.engine();
     // The writer's own commits checkpoint only as a backstop.
@@ -920,7 +920,7 @@ fn the_supervisor_checkpoints_the_wal_so_the_writers_commits_need_not() {
     assert_eq!(frames, 10_000);
     // In WAL mode the database file is written only by checkpoints: ~1 MB of drafts (not
     // run) committed through the writer's connection, far below its backstop, reaches
-    // the file only if the supervisor copies it there.
+    // the file only if the checkpointer copies it there.
     let size = || std::fs::metadata(env.db_path()).unwrap().len();
     let before = size();
     let mut job = NewJob::get("acme", "http://127.0.0.1:9/never");

@@ -117,10 +117,10 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
         Err(r) => return r.into(),
     };
     let now = api.shared.now();
-    if let Err(e) = job.check_expiry(now) {
-        return Reply::from_error(&e).into();
-    }
     let Some(key) = key else {
+        if let Err(e) = job.check_expiry(now) {
+            return Reply::from_error(&e).into();
+        }
         let state = job.state;
         let r = write(api, move |c| jobs::insert(c, &job, now));
         if prefer_wait(req).is_none() {
@@ -160,6 +160,9 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
                 Keyed::Mismatch
             });
         }
+        // Checked only for a job about to be written: a replay is judged by the first
+        // call's clock, which accepted it.
+        job.check_expiry(now)?;
         let ins = jobs::insert(c, &job, now)?;
         idempotency::remember(c, &account, &key, &hash, ins.id, now)?;
         Ok(Keyed::Created(ins.id))
