@@ -25,17 +25,47 @@ const SECRET_HEADERS: [&str; 7] = [
     "x-auth-token",
 ];
 
-/// Resolves a URL's host for ureq. An IP address is used as it is, on the calling
-/// thread; a host name goes to ureq's resolver, which looks it up on a thread of its own
-/// so the call's timeout bounds it. ureq's own resolver does that for every call once a
-/// timeout is set, IP address or not: a thread per call, which capped a loop of calls to
-/// 127.0.0.1 at ~10,700/s against ~40,000/s without.
-#[derive(Debug, Default)]
+/// How long a host name's addresses are reused before it is looked up again (as the
+/// JVM does by default; the system resolver gives no TTL).
+pub const DNS_CACHE: Duration = Duration::from_secs(30);
+
+/// Host names remembered at most; past this the cache starts over.
+const DNS_CACHE_ENTRIES: usize = 1024;
+
+type Addrs = ureq::unversioned::resolver::ResolvedSocketAddrs;
+type Lookup = Box<dyn ureq::unversioned::resolver::Resolver>;
+
+/// Resolves a URL's host for ureq. ureq looks the host up before every call, pooled
+/// connection or not, and once a timeout is set it does so on a new thread: a thread per
+/// call, which capped a loop of calls to 127.0.0.1 at ~10,700/s against ~40,000/s
+/// without. So an IP address is used as it is, and a host name is looked up (on ureq's
+/// thread, within the call's timeout) once per [`DNS_CACHE`], not once per call.
+#[derive(Debug)]
 pub struct Resolver {
-    names: ureq::unversioned::resolver::DefaultResolver,
+    names: Lookup,
+    ttl: Duration,
+    cache: std::sync::Mutex<std::collections::HashMap<String, (Instant, Addrs)>>,
+}
+
+impl Default for Resolver {
+    fn default() -> Resolver {
+        Resolver::new(
+            Box::new(ureq::unversioned::resolver::DefaultResolver::default()),
+            DNS_CACHE,
+        )
+    }
 }
 
 impl Resolver {
+    /// Host names go to `names`, and their addresses are kept for `ttl`.
+    pub fn new(names: Lookup, ttl: Duration) -> Resolver {
+        Resolver {
+            names,
+            ttl,
+            cache: Default::default(),
+        }
+    }
+
     /// The address of an IP-literal `uri` (`http://10.0.0.1:8080/`, `https://[::1]/`),
     /// with the scheme's port when none is given; None for a host name.
     pub fn literal(uri: &ureq::http::Uri) -> Option<std::net::SocketAddr> {
@@ -61,15 +91,40 @@ impl ureq::unversioned::resolver::Resolver for Resolver {
         uri: &ureq::http::Uri,
         config: &ureq::config::Config,
         timeout: ureq::unversioned::transport::NextTimeout,
-    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
-        match Resolver::literal(uri) {
-            Some(addr) => {
-                let mut addrs = self.empty();
-                addrs.push(addr);
-                Ok(addrs)
-            }
-            None => self.names.resolve(uri, config, timeout),
+    ) -> Result<Addrs, ureq::Error> {
+        if let Some(addr) = Resolver::literal(uri) {
+            let mut addrs = self.empty();
+            addrs.push(addr);
+            return Ok(addrs);
         }
+        // host:port (never the URL's userinfo).
+        let key = format!(
+            "{}:{}",
+            uri.host().unwrap_or_default(),
+            uri.port_u16()
+                .unwrap_or(if uri.scheme_str() == Some("https") {
+                    443
+                } else {
+                    80
+                })
+        );
+        let now = Instant::now();
+        {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some((at, addrs)) = cache.get(&key) {
+                if now.saturating_duration_since(*at) < self.ttl {
+                    return Ok(addrs.clone());
+                }
+            }
+        }
+        // Looked up outside the lock; failures are not kept, so the next call tries again.
+        let addrs = self.names.resolve(uri, config, timeout)?;
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() >= DNS_CACHE_ENTRIES {
+            cache.clear();
+        }
+        cache.insert(key, (now, addrs.clone()));
+        Ok(addrs)
     }
 }
 
@@ -391,7 +446,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod timeout_tests {
+mod network_tests {
     use super::*;
     use std::io::Write;
     use std::net::TcpListener;
@@ -459,6 +514,49 @@ mod timeout_tests {
             Reply::Transport { kind, .. } => Some(*kind),
             Reply::Response { .. } => None,
         }
+    }
+
+    /// Counts the lookups that reach it.
+    #[derive(Debug, Default)]
+    struct Counting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+    impl ureq::unversioned::resolver::Resolver for Counting {
+        fn resolve(
+            &self,
+            uri: &ureq::http::Uri,
+            config: &ureq::config::Config,
+            timeout: ureq::unversioned::transport::NextTimeout,
+        ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            ureq::unversioned::resolver::DefaultResolver::default().resolve(uri, config, timeout)
+        }
+    }
+
+    #[test]
+    fn a_host_name_is_looked_up_once_per_ttl_and_an_ip_address_never() {
+        use ureq::unversioned::resolver::Resolver as _;
+        let lookups = |ttl: Duration| {
+            let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let r = Resolver::new(Box::new(Counting(n.clone())), ttl);
+            let config = agent_config(1);
+            for url in [
+                "http://localhost:8080/a",
+                "http://localhost:8080/b",
+                "http://user:pw@localhost:8080/",
+                "http://localhost:9090/",
+                "http://127.0.0.1:8080/",
+            ] {
+                let addrs = r
+                    .resolve(&uri(url), &config, Default::default())
+                    .expect("resolve");
+                assert!(!addrs.is_empty(), "{url}");
+            }
+            n.load(std::sync::atomic::Ordering::SeqCst)
+        };
+        // localhost:8080 once for three calls, localhost:9090 once, the IP address never.
+        assert_eq!(lookups(DNS_CACHE), 2);
+        // Past the TTL (here at once) every call to a host name looks it up again.
+        assert_eq!(lookups(Duration::ZERO), 4);
     }
 
     /// A resolver as slow as a distant DNS server.
