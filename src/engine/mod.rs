@@ -70,6 +70,53 @@ impl Heartbeat {
     }
 }
 
+/// Calls in progress, by job, with the time by which each must be over (its timeout plus
+/// a lease of grace). The lease heartbeat extends every lease this process holds except
+/// those of calls past that time: a worker wedged in a call lets its job's lease lapse,
+/// and the reaper takes the job back instead of it staying `running` for ever.
+#[derive(Debug, Default)]
+pub struct InFlight(std::sync::Mutex<std::collections::HashMap<i64, i64>>);
+
+impl InFlight {
+    /// Notes that job `id`'s call started and must be over by `deadline`, until the
+    /// returned guard is dropped.
+    pub fn start(&self, id: i64, deadline: i64) -> InFlightCall<'_> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, deadline);
+        InFlightCall { set: self, id }
+    }
+
+    /// The jobs whose calls are still running after their deadline.
+    pub fn overdue(&self, now: i64) -> Vec<i64> {
+        let calls = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ids: Vec<i64> = calls
+            .iter()
+            .filter(|(_, deadline)| **deadline < now)
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+}
+
+/// A call in progress; dropping it (the call returned, or its worker panicked) ends it.
+pub struct InFlightCall<'a> {
+    set: &'a InFlight,
+    id: i64,
+}
+
+impl Drop for InFlightCall<'_> {
+    fn drop(&mut self) {
+        self.set
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
 /// State shared by every engine thread.
 pub struct Shared {
     pub store: Arc<Store>,
@@ -94,6 +141,7 @@ pub struct Shared {
     pub faults: Faults,
     pub scheduler_beat: Heartbeat,
     pub writer_beat: Heartbeat,
+    pub in_flight: InFlight,
     /// Set when the scheduler should be replaced (it stalled); it exits when it sees a
     /// generation that is not its own.
     scheduler_generation: AtomicUsize,
@@ -127,6 +175,7 @@ impl Shared {
             faults: Faults::default(),
             scheduler_beat: Heartbeat::default(),
             writer_beat: Heartbeat::default(),
+            in_flight: InFlight::default(),
             scheduler_generation: AtomicUsize::new(0),
         }
     }

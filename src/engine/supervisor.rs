@@ -76,11 +76,7 @@ fn run(shared: &Arc<Shared>, threads: &Mutex<Threads>, stop: &AtomicBool) {
             }
             if now - last_extend >= lease_every {
                 last_extend = now;
-                let until = now + shared.config.lease_ms;
-                if let Err(e) = shared
-                    .store
-                    .write_quiet(|tx| engine::extend_leases(tx, &shared.owner, until))
-                {
+                if let Err(e) = extend_leases_once(shared, now) {
                     log::error!("extending leases: {e}");
                 }
             }
@@ -102,6 +98,22 @@ fn run(shared: &Arc<Shared>, threads: &Mutex<Threads>, stop: &AtomicBool) {
             }
         }));
     }
+}
+
+/// The lease heartbeat: extends the leases of this process's jobs, queued or running,
+/// but not those of calls still running long past their timeout (a wedged worker), which
+/// lapse so the reaper takes the job back. Returns how many were extended.
+pub(super) fn extend_leases_once(shared: &Shared, now: i64) -> Result<usize> {
+    let overdue = shared.in_flight.overdue(now);
+    if !overdue.is_empty() {
+        log::error!(
+            "jobs {overdue:?}: their calls are still running long past their timeout; their leases are left to lapse, so they will be taken back and retried"
+        );
+    }
+    let until = now + shared.config.lease_ms;
+    shared
+        .store
+        .write_quiet(|tx| engine::extend_leases(tx, &shared.owner, until, &overdue))
 }
 
 fn check_threads(shared: &Arc<Shared>, threads: &Mutex<Threads>, now: i64) {
@@ -249,4 +261,67 @@ pub fn prune_once(shared: &Shared, now: i64) -> Result<(usize, usize)> {
     shared
         .store
         .write_quiet(|tx| engine::prune(tx, attempts_before, jobs_before, now - day))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::Config;
+    use crate::spec::NewJob;
+    use crate::store::{jobs, Store, Synchronous};
+
+    const NOW: i64 = 1_000_000;
+
+    fn lease_and_state(store: &Store, id: i64) -> (i64, String) {
+        let conn = store.read().expect("read");
+        conn.query_row(
+            "SELECT lease_until, state FROM jobs WHERE id = ?1",
+            [id],
+            |r| Ok((r.get::<_, Option<i64>>(0)?.unwrap_or(0), r.get(1)?)),
+        )
+        .expect("job")
+    }
+
+    #[test]
+    fn a_call_past_its_deadline_lets_its_lease_lapse_and_is_taken_back() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store =
+            Arc::new(Store::open(dir.path().join("s.db"), Synchronous::Normal).expect("store"));
+        let config = Arc::new(Config::default());
+        let shared = Shared::new(
+            store.clone(),
+            config.clone(),
+            Arc::new(ManualClock::new(NOW)),
+        );
+        let lease = config.lease_ms;
+        let ids: Vec<i64> = store
+            .write(|tx| {
+                let ids = (0..2)
+                    .map(|_| Ok(jobs::insert(tx, &NewJob::get("acme", "http://x/"), NOW)?.id))
+                    .collect::<Result<Vec<i64>>>()?;
+                engine::claim(tx, &ids, &shared.owner, NOW + lease, NOW)?;
+                Ok(ids)
+            })
+            .expect("claim");
+        // One call wedged past its deadline, one still within it.
+        let wedged = shared.in_flight.start(ids[0], NOW + 5_000);
+        let _running = shared.in_flight.start(ids[1], NOW + 10 * lease);
+        let later = NOW + lease / 2;
+        assert_eq!(extend_leases_once(&shared, later).expect("extend"), 1);
+        assert_eq!(
+            lease_and_state(&store, ids[0]).0,
+            NOW + lease,
+            "not extended"
+        );
+        assert_eq!(lease_and_state(&store, ids[1]).0, later + lease, "extended");
+        // Once the wedged job's lease has lapsed the reaper takes it back; the other stays.
+        assert_eq!(reap_once(&shared, NOW + lease + 1).expect("reap"), 1);
+        assert_eq!(lease_and_state(&store, ids[0]).1, "retry");
+        assert_eq!(lease_and_state(&store, ids[1]).1, "running");
+        // A call that returned is no longer in flight.
+        drop(wedged);
+        let overdue = shared.in_flight.overdue(NOW + 100 * lease);
+        assert_eq!(overdue, vec![ids[1]]);
+    }
 }

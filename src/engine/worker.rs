@@ -357,7 +357,12 @@ fn execute(shared: &Shared, standing: &mut Standing, job: &Job, admission: &Admi
         body_cap: shared.config.response_body_cap,
     };
     let started_at = shared.now();
+    let deadline = started_at
+        .saturating_add(call.timeout_ms as i64)
+        .saturating_add(shared.config.lease_ms);
+    let in_flight = shared.in_flight.start(job.id, deadline);
     let (reply, elapsed) = http_call::send(&shared.agent, &call);
+    drop(in_flight);
     let done_at = shared.now();
     let classified = classify(&reply, &provider, done_at);
     let detail = describe(&reply);

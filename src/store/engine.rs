@@ -304,12 +304,23 @@ pub fn record(conn: &Connection, f: &Finished, now: i64) -> Result<bool> {
     Ok(true)
 }
 
-/// Extends every lease this process holds to `until`. Returns how many.
-pub fn extend_leases(conn: &Connection, owner: &str, until: i64) -> Result<usize> {
-    let mut stmt = conn.prepare_cached(
-        "UPDATE jobs SET lease_until = :until WHERE state = 'running' AND lease_owner = :owner",
-    )?;
-    Ok(stmt.execute(named_params! {":until": until, ":owner": owner})?)
+/// Extends every lease `owner` holds to `until`, but those of the jobs in `except`.
+/// Returns how many.
+pub fn extend_leases(conn: &Connection, owner: &str, until: i64, except: &[i64]) -> Result<usize> {
+    if except.is_empty() {
+        let mut stmt = conn.prepare_cached(
+            "UPDATE jobs SET lease_until = :until WHERE state = 'running' AND lease_owner = :owner",
+        )?;
+        return Ok(stmt.execute(named_params! {":until": until, ":owner": owner})?);
+    }
+    let sql = format!(
+        "UPDATE jobs SET lease_until = ? WHERE state = 'running' AND lease_owner = ?
+            AND id NOT IN ({})",
+        placeholders(except.len())
+    );
+    let mut values: Vec<rusqlite::types::Value> = vec![until.into(), owner.to_string().into()];
+    values.extend(except.iter().map(|&i| i.into()));
+    Ok(conn.prepare(&sql)?.execute(params_from_iter(values))?)
 }
 
 /// The distinct owners of leases currently held.
