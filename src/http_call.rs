@@ -118,7 +118,16 @@ impl ureq::unversioned::resolver::Resolver for Resolver {
             }
         }
         // Looked up outside the lock; failures are not kept, so the next call tries again.
-        let addrs = self.names.resolve(uri, config, timeout)?;
+        // The system resolver's failures come back as I/O errors, which would read as a
+        // broken connection (ambiguous); nothing was sent, so they are "host not found".
+        let addrs = match self.names.resolve(uri, config, timeout) {
+            Ok(addrs) => addrs,
+            Err(ureq::Error::Io(e)) => {
+                log::debug!("looking up {key}: {e}");
+                return Err(ureq::Error::HostNotFound);
+            }
+            Err(e) => return Err(e),
+        };
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= DNS_CACHE_ENTRIES {
             cache.clear();
@@ -557,6 +566,35 @@ mod network_tests {
         assert_eq!(lookups(DNS_CACHE), 2);
         // Past the TTL (here at once) every call to a host name looks it up again.
         assert_eq!(lookups(Duration::ZERO), 4);
+    }
+
+    /// A lookup that fails the way the system resolver does.
+    #[derive(Debug)]
+    struct NoSuchHost;
+
+    impl ureq::unversioned::resolver::Resolver for NoSuchHost {
+        fn resolve(
+            &self,
+            _: &ureq::http::Uri,
+            _: &ureq::config::Config,
+            _: ureq::unversioned::transport::NextTimeout,
+        ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+            Err(ureq::Error::Io(std::io::Error::other(
+                "failed to lookup address information: Name or service not known",
+            )))
+        }
+    }
+
+    #[test]
+    fn a_host_that_does_not_resolve_was_not_sent() {
+        let agent = ureq::Agent::with_parts(
+            agent_config(1),
+            ureq::unversioned::transport::DefaultConnector::default(),
+            Resolver::new(Box::new(NoSuchHost), DNS_CACHE),
+        );
+        let (reply, _) = send(&agent, &get("http://nonexistent.invalid/".into(), 1_000));
+        assert_eq!(kind(&reply), Some(TransportKind::Dns), "{reply:?}");
+        assert!(!reply.is_ambiguous());
     }
 
     /// A resolver as slow as a distant DNS server.
