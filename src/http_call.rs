@@ -525,28 +525,49 @@ mod network_tests {
         }
     }
 
-    /// Counts the lookups that reach it.
+    /// A stand-in for the system resolver: counts the lookups that reach it, takes
+    /// `delay`, then fails the way the system resolver does (`fail`) or really resolves.
     #[derive(Debug, Default)]
-    struct Counting(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+    struct Stub {
+        calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+        delay: Duration,
+        fail: bool,
+    }
 
-    impl ureq::unversioned::resolver::Resolver for Counting {
+    impl ureq::unversioned::resolver::Resolver for Stub {
         fn resolve(
             &self,
             uri: &ureq::http::Uri,
             config: &ureq::config::Config,
             timeout: ureq::unversioned::transport::NextTimeout,
         ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            ureq::unversioned::resolver::DefaultResolver::default().resolve(uri, config, timeout)
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::thread::sleep(self.delay);
+            if self.fail {
+                return Err(ureq::Error::Io(std::io::Error::other(
+                    "failed to lookup address information: Name or service not known",
+                )));
+            }
+            Resolver::default().resolve(uri, config, timeout)
         }
+    }
+
+    /// An agent like the engine's whose host names go to `lookup`.
+    fn agent_with(lookup: impl ureq::unversioned::resolver::Resolver) -> ureq::Agent {
+        ureq::Agent::with_parts(
+            agent_config(1),
+            ureq::unversioned::transport::DefaultConnector::default(),
+            lookup,
+        )
     }
 
     #[test]
     fn a_host_name_is_looked_up_once_per_ttl_and_an_ip_address_never() {
         use ureq::unversioned::resolver::Resolver as _;
         let lookups = |ttl: Duration| {
-            let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let r = Resolver::new(Box::new(Counting(n.clone())), ttl);
+            let stub = Stub::default();
+            let n = stub.calls.clone();
+            let r = Resolver::new(Box::new(stub), ttl);
             let config = agent_config(1);
             for url in [
                 "http://localhost:8080/a",
@@ -568,49 +589,16 @@ mod network_tests {
         assert_eq!(lookups(Duration::ZERO), 4);
     }
 
-    /// A lookup that fails the way the system resolver does.
-    #[derive(Debug)]
-    struct NoSuchHost;
-
-    impl ureq::unversioned::resolver::Resolver for NoSuchHost {
-        fn resolve(
-            &self,
-            _: &ureq::http::Uri,
-            _: &ureq::config::Config,
-            _: ureq::unversioned::transport::NextTimeout,
-        ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
-            Err(ureq::Error::Io(std::io::Error::other(
-                "failed to lookup address information: Name or service not known",
-            )))
-        }
-    }
-
     #[test]
     fn a_host_that_does_not_resolve_was_not_sent() {
-        let agent = ureq::Agent::with_parts(
-            agent_config(1),
-            ureq::unversioned::transport::DefaultConnector::default(),
-            Resolver::new(Box::new(NoSuchHost), DNS_CACHE),
-        );
+        let stub = Stub {
+            fail: true,
+            ..Stub::default()
+        };
+        let agent = agent_with(Resolver::new(Box::new(stub), DNS_CACHE));
         let (reply, _) = send(&agent, &get("http://nonexistent.invalid/".into(), 1_000));
         assert_eq!(kind(&reply), Some(TransportKind::Dns), "{reply:?}");
         assert!(!reply.is_ambiguous());
-    }
-
-    /// A resolver as slow as a distant DNS server.
-    #[derive(Debug, Default)]
-    struct SlowLookup(Resolver);
-
-    impl ureq::unversioned::resolver::Resolver for SlowLookup {
-        fn resolve(
-            &self,
-            uri: &ureq::http::Uri,
-            config: &ureq::config::Config,
-            timeout: ureq::unversioned::transport::NextTimeout,
-        ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
-            std::thread::sleep(Duration::from_millis(300));
-            self.0.resolve(uri, config, timeout)
-        }
     }
 
     #[test]
@@ -627,11 +615,10 @@ mod network_tests {
         // A server that never answers the handshake, behind a slow lookup: the connect
         // runs out before the whole call does, so the call is known not to be sent.
         let (port, server) = serve_once(|_| std::thread::sleep(Duration::from_millis(1_500)));
-        let slow = ureq::Agent::with_parts(
-            agent_config(1),
-            ureq::unversioned::transport::DefaultConnector::default(),
-            SlowLookup::default(),
-        );
+        let slow = agent_with(Stub {
+            delay: Duration::from_millis(300),
+            ..Stub::default()
+        });
         let (reply, _) = send(&slow, &get(format!("https://127.0.0.1:{port}/"), 1_000));
         assert_eq!(
             kind(&reply),
