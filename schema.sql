@@ -178,6 +178,7 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     request_hash TEXT    NOT NULL,
     job_id       INTEGER,
     created_at   INTEGER NOT NULL,
+    wait_until   INTEGER,                        -- the first call's Prefer: wait deadline; NULL: it did not wait (schema version 3)
     PRIMARY KEY (account, key)
 );
 

@@ -9,17 +9,19 @@ use crate::error::Result;
 /// How long a key is remembered.
 pub const KEEP_MS: i64 = 24 * 3600 * 1000;
 
-/// A remembered key: the hash of the body it came with and the job it created.
+/// A remembered key: the hash of the body it came with, the job it created, and until
+/// when the first call waited for that job (`Prefer: wait`), if it did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRow {
     pub request_hash: String,
     pub job_id: Option<i64>,
+    pub wait_until: Option<i64>,
 }
 
 /// The key `key` of `account` if it was used at or after `now - KEEP_MS`.
 pub fn find(conn: &Connection, account: &str, key: &str, now: i64) -> Result<Option<KeyRow>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT request_hash, job_id FROM idempotency_keys
+        "SELECT request_hash, job_id, wait_until FROM idempotency_keys
           WHERE account = :account AND key = :key AND created_at >= :since",
     )?;
     Ok(stmt
@@ -29,6 +31,7 @@ pub fn find(conn: &Connection, account: &str, key: &str, now: i64) -> Result<Opt
                 Ok(KeyRow {
                     request_hash: r.get(0)?,
                     job_id: r.get(1)?,
+                    wait_until: r.get(2)?,
                 })
             },
         )
@@ -36,6 +39,7 @@ pub fn find(conn: &Connection, account: &str, key: &str, now: i64) -> Result<Opt
 }
 
 /// Remembers `key` of `account` for the job `job_id`, replacing an expired row.
+/// `wait_until`: the first call's `Prefer: wait` deadline, if it asked to wait.
 pub fn remember(
     conn: &Connection,
     account: &str,
@@ -43,15 +47,17 @@ pub fn remember(
     request_hash: &str,
     job_id: i64,
     now: i64,
+    wait_until: Option<i64>,
 ) -> Result<()> {
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO idempotency_keys (account, key, request_hash, job_id, created_at)
-         VALUES (:account, :key, :hash, :job, :now)
+        "INSERT INTO idempotency_keys (account, key, request_hash, job_id, created_at, wait_until)
+         VALUES (:account, :key, :hash, :job, :now, :wait_until)
          ON CONFLICT (account, key) DO UPDATE SET request_hash = :hash, job_id = :job,
-             created_at = :now",
+             created_at = :now, wait_until = :wait_until",
     )?;
     stmt.execute(named_params! {
         ":account": account, ":key": key, ":hash": request_hash, ":job": job_id, ":now": now,
+        ":wait_until": wait_until,
     })?;
     Ok(())
 }
@@ -65,14 +71,25 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(include_str!("../../schema.sql"))
             .unwrap();
-        remember(&conn, "acme", "k1", "h1", 7, 1_000).unwrap();
+        remember(&conn, "acme", "k1", "h1", 7, 1_000, None).unwrap();
         let row = find(&conn, "acme", "k1", 1_000 + KEEP_MS).unwrap().unwrap();
         assert_eq!(row.job_id, Some(7));
         assert_eq!(row.request_hash, "h1");
+        assert_eq!(row.wait_until, None);
         assert_eq!(find(&conn, "acme", "k1", 1_001 + KEEP_MS).unwrap(), None);
         assert_eq!(find(&conn, "other", "k1", 1_000).unwrap(), None);
-        remember(&conn, "acme", "k1", "h2", 8, 2_000 + KEEP_MS).unwrap();
+        remember(
+            &conn,
+            "acme",
+            "k1",
+            "h2",
+            8,
+            2_000 + KEEP_MS,
+            Some(9_000 + KEEP_MS),
+        )
+        .unwrap();
         let row = find(&conn, "acme", "k1", 2_000 + KEEP_MS).unwrap().unwrap();
         assert_eq!(row.job_id, Some(8));
+        assert_eq!(row.wait_until, Some(9_000 + KEEP_MS));
     }
 }

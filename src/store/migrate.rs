@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 pub const SCHEMA: &str = include_str!("../../schema.sql");
 
 /// The version `schema.sql` describes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// ALTER steps from version `i + 1` to `i + 2`, run before `schema.sql` is re-applied
 /// (its statements are all `IF NOT EXISTS`, so new tables and indexes arrive by it).
@@ -17,6 +17,9 @@ const UPGRADES: &[&str] = &[
     // 1 -> 2: the transition trigger is rewritten as a CASE (same table, cheaper); the
     // old one goes, schema.sql creates the new one.
     "DROP TRIGGER IF EXISTS jobs_state_transition;",
+    // 2 -> 3: a replayed Idempotency-Key answers 200 when the first call waited for the
+    // job and got it finished.
+    "ALTER TABLE idempotency_keys ADD COLUMN wait_until INTEGER;",
 ];
 
 /// Brings the database to [`SCHEMA_VERSION`] in one immediate transaction, so two

@@ -252,6 +252,48 @@ fn the_same_body_twice_with_an_idempotency_key_is_one_job_and_the_second_answer_
 }
 
 #[test]
+fn a_first_call_that_waited_for_its_200_is_replayed_as_that_200() {
+    let p = MockProvider::start();
+    let api = Api::start();
+    let body = job_body(&p.url("/quick"));
+    let key = [("Idempotency-Key", "quick-1")];
+    let waited = [("Idempotency-Key", "quick-1"), ("Prefer", "wait=10")];
+    let first = api.post_with("/v1/jobs", &waited, &body);
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.json()["state"], "succeeded");
+    // The retry of a client that never saw that answer, without Prefer: wait, gets the
+    // same status and the finished job: the first answer again.
+    let again = api.post_with("/v1/jobs", &key, &body);
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.json()["id"], first.json()["id"]);
+    assert_eq!(again.json()["state"], "succeeded");
+    assert_eq!(again.json()["result"], first.json()["result"]);
+    assert_eq!(p.count("/quick"), 1);
+    assert_eq!(api.jobs(), 1);
+    // A first call that waited but whose job was not over within the wait got 202, and
+    // so does its replay, though the job has finished since.
+    p.default_for("/slowish", Step::status(200).delay(1_500));
+    let body = job_body(&p.url("/slowish"));
+    let key = [("Idempotency-Key", "slowish-1")];
+    let waited = [("Idempotency-Key", "slowish-1"), ("Prefer", "wait=1")];
+    let first = api.post_with("/v1/jobs", &waited, &body);
+    assert_eq!(first.status, 202, "{}", first.body);
+    let id: i64 = first.json()["id"].as_str().unwrap().parse().unwrap();
+    wait_for(10, "the slow job to succeed", || {
+        api.env.state(id) == "succeeded"
+    });
+    let again = api.post_with("/v1/jobs", &key, &body);
+    assert_eq!(again.status, 202, "{}", again.body);
+    for field in ["id", "token", "status_url"] {
+        assert_eq!(again.json()[field], first.json()[field], "{field}");
+    }
+    // (Its state is the one the job was created in: the first 202 gave the state at the
+    // end of its wait, which nothing kept.)
+    assert_eq!(again.json()["state"], "approved");
+}
+
+#[test]
 fn concurrent_duplicates_of_an_idempotency_key_create_one_job_and_answer_202_or_409() {
     let p = MockProvider::start();
     let api = Arc::new(Api::start());

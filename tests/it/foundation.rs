@@ -135,8 +135,24 @@ fn an_old_database_is_upgraded_in_place() {
     assert_eq!(n, 3);
 }
 
-/// The transition trigger as schema version 1 wrote it.
+/// Opens the database at `path` again and checks it was brought to the current version.
+fn reopened_at_the_current_version(path: &std::path::Path) -> Store {
+    let store = Store::open(path, Default::default()).unwrap();
+    let version: i64 = store
+        .read()
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, errand::store::SCHEMA_VERSION);
+    store
+}
+
+/// What schema version 2 did not have yet.
+const WITHOUT_V3: &str = "ALTER TABLE idempotency_keys DROP COLUMN wait_until;";
+
+/// The transition trigger as schema version 1 wrote it (and nothing of version 3).
 const TRIGGER_V1: &str = "
+ALTER TABLE idempotency_keys DROP COLUMN wait_until;
 DROP TRIGGER jobs_state_transition;
 CREATE TRIGGER jobs_state_transition
 BEFORE UPDATE OF state ON jobs
@@ -163,12 +179,8 @@ fn a_version_1_database_gets_the_version_2_trigger_and_keeps_its_jobs() {
         store.write(|tx| Ok(tx.execute_batch(TRIGGER_V1)?)).unwrap();
         id
     };
-    let store = Store::open(&path, Default::default()).unwrap();
+    let store = reopened_at_the_current_version(&path);
     let conn = store.read().unwrap();
-    let version: i64 = conn
-        .query_row("PRAGMA user_version", [], |r| r.get(0))
-        .unwrap();
-    assert_eq!(version, errand::store::SCHEMA_VERSION);
     let sql: String = conn
         .query_row(
             "SELECT sql FROM sqlite_master WHERE name = 'jobs_state_transition'",
@@ -188,6 +200,32 @@ fn a_version_1_database_gets_the_version_2_trigger_and_keeps_its_jobs() {
         refused.is_err(),
         "the upgraded trigger still guards the table"
     );
+}
+
+#[test]
+fn a_version_2_database_gets_the_idempotency_wait_column_and_keeps_its_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v2.db");
+    {
+        let store = Store::open(&path, Default::default()).unwrap();
+        store
+            .write(|tx| {
+                tx.execute_batch(WITHOUT_V3)?;
+                tx.execute(
+                    "INSERT INTO idempotency_keys (account, key, request_hash, job_id, created_at)
+                     VALUES ('acme', 'k', 'h', 7, 1000)",
+                    [],
+                )?;
+                Ok(tx.execute_batch("PRAGMA user_version = 2")?)
+            })
+            .unwrap();
+    }
+    let store = reopened_at_the_current_version(&path);
+    let conn = store.read().unwrap();
+    let row = errand::store::idempotency::find(&conn, "acme", "k", 1000)
+        .unwrap()
+        .expect("the key survives the upgrade");
+    assert_eq!((row.job_id, row.wait_until), (Some(7), None));
 }
 
 #[test]

@@ -98,7 +98,8 @@ fn read(api: &Api, id: i64) -> Result<Job> {
 /// What an enqueue with an `Idempotency-Key` found.
 enum Keyed {
     Created(i64),
-    Replay(Option<i64>),
+    /// The job the key created (None: pruned since), and the first call's wait deadline.
+    Replay(Option<i64>, Option<i64>),
     Mismatch,
 }
 
@@ -152,10 +153,11 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
     };
     let hash = format!("{:x}", Sha256::digest(body.to_string().as_bytes()));
     let account = job.account.clone();
+    let wait_until = prefer_wait(req).map(|d| now.saturating_add(d.as_millis() as i64));
     let outcome = write(api, move |c| {
         if let Some(row) = idempotency::find(c, &account, &key, now)? {
             return Ok(if row.request_hash == hash {
-                Keyed::Replay(row.job_id)
+                Keyed::Replay(row.job_id, row.wait_until)
             } else {
                 Keyed::Mismatch
             });
@@ -164,7 +166,7 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
         // call's clock, which accepted it.
         job.check_expiry(now)?;
         let ins = jobs::insert(c, &job, now)?;
-        idempotency::remember(c, &account, &key, &hash, ins.id, now)?;
+        idempotency::remember(c, &account, &key, &hash, ins.id, now, wait_until)?;
         Ok(Keyed::Created(ins.id))
     });
     let replayed = vec![("Idempotent-Replayed".to_string(), "true".to_string())];
@@ -178,7 +180,18 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
             }
             Err(e) => Reply::from_error(&e).into(),
         },
-        Ok(Keyed::Replay(Some(id))) => match read(api, id) {
+        Ok(Keyed::Replay(Some(id), first_wait)) => match read(api, id) {
+            // The first call waited and the job was over within its wait: it answered
+            // 200 with the finished job, and so does its replay.
+            Ok(job)
+                if prefer_wait(req).is_none()
+                    && !job.state.is_pending()
+                    && first_wait.is_some_and(|until| job.updated_at <= until) =>
+            {
+                let mut reply = wait_reply(api, WaitKind::Created, &job);
+                reply.headers.extend(replayed);
+                reply.into()
+            }
             Ok(job) if prefer_wait(req).is_none() => {
                 let first = Job {
                     state: first_state,
@@ -192,7 +205,7 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
             Err(Error::NotFound(_)) => replay_gone(),
             Err(e) => Reply::from_error(&e).into(),
         },
-        Ok(Keyed::Replay(None)) => replay_gone(),
+        Ok(Keyed::Replay(None, _)) => replay_gone(),
     }
 }
 

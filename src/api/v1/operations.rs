@@ -129,7 +129,7 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
                 });
             }
             let ins = operations::create(c, &acc, &steps, now)?;
-            idempotency::remember(c, &acc, &stored, &hash, ins.id, now)?;
+            idempotency::remember(c, &acc, &stored, &hash, ins.id, now, None)?;
             return Ok(Some((ins.id, false)));
         }
         Ok(Some((operations::create(c, &acc, &steps, now)?.id, false)))
