@@ -465,6 +465,14 @@ fn over_http_prefer_wait_and_idempotency_keys_work_for_operations() {
     assert_eq!(b.header("idempotent-replayed"), Some("true"));
     assert_eq!(a.json()["id"], b.json()["id"]);
     assert_eq!(p.count("/charges"), 1);
+    // Its replay without Prefer: wait is the first answer too: that call waited and got
+    // the finished operation, 200.
+    let b2 = api.post_with("/v1/operations", &[("Idempotency-Key", "op-1")], &body);
+    assert_eq!(b2.status, 200, "{}", b2.body);
+    assert_eq!(b2.header("idempotent-replayed"), Some("true"));
+    assert_eq!(b2.json()["state"], "succeeded");
+    assert_eq!(b2.json()["id"], a.json()["id"]);
+    assert_eq!(p.count("/charges"), 1);
     // Without Prefer: wait, a replay is the first answer of a create without it: 202
     // with the id, token and status URL, though the operation has succeeded since.
     let plain = [("Idempotency-Key", "op-2")];

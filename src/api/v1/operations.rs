@@ -117,40 +117,49 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
     };
     let hash = format!("{:x}", Sha256::digest(body.to_string().as_bytes()));
     let acc = account.clone();
-    // (operation id, replayed), or None for a key reused with another body.
+    let wait_until = prefer_wait(req).map(|d| now.saturating_add(d.as_millis() as i64));
+    // (operation id, Some(the first call's wait deadline) if replayed), or None for a key
+    // reused with another body.
     let r = write(api, move |c| {
         if let Some(k) = &key {
             let stored = format!("{KEY_PREFIX}{k}");
             if let Some(row) = idempotency::find(c, &acc, &stored, now)? {
                 return Ok(if row.request_hash == hash {
-                    row.job_id.map(|id| (id, true))
+                    row.job_id.map(|id| (id, Some(row.wait_until)))
                 } else {
                     None
                 });
             }
             let ins = operations::create(c, &acc, &steps, now)?;
-            idempotency::remember(c, &acc, &stored, &hash, ins.id, now, None)?;
-            return Ok(Some((ins.id, false)));
+            idempotency::remember(c, &acc, &stored, &hash, ins.id, now, wait_until)?;
+            return Ok(Some((ins.id, None)));
         }
-        Ok(Some((operations::create(c, &acc, &steps, now)?.id, false)))
+        Ok(Some((operations::create(c, &acc, &steps, now)?.id, None)))
     });
     drop(claim);
     match r {
         Err(e) => Reply::from_error(&e).into(),
         Ok(None) => key_reused().into(),
-        Ok(Some((id, true))) => {
+        Ok(Some((id, Some(first_wait)))) => {
             let replayed = ("Idempotent-Replayed".to_string(), "true".to_string());
             if prefer_wait(req).is_some() {
                 return reply_or_wait(api, req, id, true, vec![replayed]);
             }
-            // The first answer again, whatever the operation has done since.
-            let op = api
-                .shared
-                .store
-                .read()
-                .and_then(|c| operations::get(&c, id));
-            match op {
-                Ok(op) => {
+            // The first answer again, whatever the operation has done since: 200 with the
+            // operation if the first call waited and it was over within that wait, else
+            // the 202 of the create.
+            let first = api.shared.store.read().and_then(|c| {
+                let op = operations::get(&c, id)?;
+                let ended = operations::ended_at(&c, &op)?;
+                Ok((op, ended))
+            });
+            match first {
+                Ok((_, Some(ended))) if first_wait.is_some_and(|until| ended <= until) => {
+                    let mut reply = wait_reply(api, id, true);
+                    reply.headers.push(replayed);
+                    reply.into()
+                }
+                Ok((op, _)) => {
                     let mut reply = created_answer(&op);
                     reply.headers.push(replayed);
                     reply.into()
@@ -158,7 +167,7 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
                 Err(e) => Reply::from_error(&e).into(),
             }
         }
-        Ok(Some((id, false))) => {
+        Ok(Some((id, None))) => {
             api.shared.wake();
             reply_or_wait(api, req, id, true, Vec::new())
         }
