@@ -25,9 +25,11 @@ const SECRET_HEADERS: [&str; 7] = [
     "x-auth-token",
 ];
 
-/// How long a host name's addresses are reused before it is looked up again (as the
-/// JVM does by default; the system resolver gives no TTL).
-pub const DNS_CACHE: Duration = Duration::from_secs(30);
+/// How long a host name's addresses are reused before it is looked up again. The system
+/// resolver gives no TTL, so this is short: a provider that fails over to new addresses
+/// is followed within seconds, and a busy host is still looked up once per 5 s rather
+/// than once per call.
+pub const DNS_CACHE: Duration = Duration::from_secs(5);
 
 /// Host names remembered at most; past this the cache starts over.
 const DNS_CACHE_ENTRIES: usize = 1024;
@@ -97,17 +99,15 @@ impl ureq::unversioned::resolver::Resolver for Resolver {
             addrs.push(addr);
             return Ok(addrs);
         }
-        // host:port (never the URL's userinfo).
-        let key = format!(
-            "{}:{}",
-            uri.host().unwrap_or_default(),
-            uri.port_u16()
-                .unwrap_or(if uri.scheme_str() == Some("https") {
-                    443
-                } else {
-                    80
-                })
-        );
+        // host:port as ureq's resolver looks it up (never the URL's userinfo), with the
+        // scheme's default port (a proxy's too).
+        let key = match (uri.scheme(), uri.authority()) {
+            (Some(scheme), Some(authority)) => {
+                ureq::unversioned::resolver::DefaultResolver::host_and_port(scheme, authority)
+            }
+            _ => None,
+        }
+        .unwrap_or_default();
         let now = Instant::now();
         {
             let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());

@@ -70,31 +70,36 @@ impl Heartbeat {
     }
 }
 
-/// Calls in progress, by job, with the time by which each must be over (its timeout plus
-/// a lease of grace). The lease heartbeat extends every lease this process holds except
-/// those of calls past that time: a worker wedged in a call lets its job's lease lapse,
-/// and the reaper takes the job back instead of it staying `running` for ever.
+/// Calls in progress, by job and attempt, with the moment by which each must be over (its
+/// timeout plus a lease of grace). The lease heartbeat extends every lease this process
+/// holds except those of calls past that moment: a worker wedged in a call lets its job's
+/// lease lapse, and the reaper takes the job back instead of it staying `running` for
+/// ever. Deadlines are on the monotonic clock, as ureq's own timeouts are: a wall-clock
+/// jump (a resumed VM, an NTP step) must not make a healthy call look wedged.
 #[derive(Debug, Default)]
-pub struct InFlight(std::sync::Mutex<std::collections::HashMap<i64, i64>>);
+pub struct InFlight(std::sync::Mutex<std::collections::HashMap<(i64, i64), Instant>>);
 
 impl InFlight {
-    /// Notes that job `id`'s call started and must be over by `deadline`, until the
-    /// returned guard is dropped.
-    pub fn start(&self, id: i64, deadline: i64) -> InFlightCall<'_> {
+    /// Notes that attempt `attempt` of job `id` is being sent and must be over by
+    /// `deadline`, until the returned guard is dropped.
+    pub fn start(&self, id: i64, attempt: i64, deadline: Instant) -> InFlightCall<'_> {
         self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, deadline);
-        InFlightCall { set: self, id }
+            .insert((id, attempt), deadline);
+        InFlightCall {
+            set: self,
+            key: (id, attempt),
+        }
     }
 
     /// The jobs whose calls are still running after their deadline.
-    pub fn overdue(&self, now: i64) -> Vec<i64> {
+    pub fn overdue(&self, now: Instant) -> Vec<i64> {
         let calls = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let mut ids: Vec<i64> = calls
             .iter()
             .filter(|(_, deadline)| **deadline < now)
-            .map(|(id, _)| *id)
+            .map(|((id, _), _)| *id)
             .collect();
         ids.sort_unstable();
         ids
@@ -104,7 +109,7 @@ impl InFlight {
 /// A call in progress; dropping it (the call returned, or its worker panicked) ends it.
 pub struct InFlightCall<'a> {
     set: &'a InFlight,
-    id: i64,
+    key: (i64, i64),
 }
 
 impl Drop for InFlightCall<'_> {
@@ -113,7 +118,7 @@ impl Drop for InFlightCall<'_> {
             .0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+            .remove(&self.key);
     }
 }
 

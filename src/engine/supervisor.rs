@@ -104,7 +104,7 @@ fn run(shared: &Arc<Shared>, threads: &Mutex<Threads>, stop: &AtomicBool) {
 /// but not those of calls still running long past their timeout (a wedged worker), which
 /// lapse so the reaper takes the job back. Returns how many were extended.
 pub(super) fn extend_leases_once(shared: &Shared, now: i64) -> Result<usize> {
-    let overdue = shared.in_flight.overdue(now);
+    let overdue = shared.in_flight.overdue(std::time::Instant::now());
     if !overdue.is_empty() {
         log::error!(
             "jobs {overdue:?}: their calls are still running long past their timeout; their leases are left to lapse, so they will be taken back and retried"
@@ -305,8 +305,11 @@ mod tests {
             })
             .expect("claim");
         // One call wedged past its deadline, one still within it.
-        let wedged = shared.in_flight.start(ids[0], NOW + 5_000);
-        let _running = shared.in_flight.start(ids[1], NOW + 10 * lease);
+        let past = std::time::Instant::now() - Duration::from_millis(1);
+        let wedged = shared.in_flight.start(ids[0], 1, past);
+        let _running = shared
+            .in_flight
+            .start(ids[1], 1, past + Duration::from_secs(3_600));
         let later = NOW + lease / 2;
         assert_eq!(extend_leases_once(&shared, later).expect("extend"), 1);
         assert_eq!(
@@ -319,9 +322,11 @@ mod tests {
         assert_eq!(reap_once(&shared, NOW + lease + 1).expect("reap"), 1);
         assert_eq!(lease_and_state(&store, ids[0]).1, "retry");
         assert_eq!(lease_and_state(&store, ids[1]).1, "running");
-        // A call that returned is no longer in flight.
+        // A call that returned is no longer in flight; deadlines are on the monotonic
+        // clock, so the engine clock's jumps (here NOW + a lease) change nothing.
         drop(wedged);
-        let overdue = shared.in_flight.overdue(NOW + 100 * lease);
+        let overdue = shared.in_flight.overdue(past + Duration::from_secs(7_200));
         assert_eq!(overdue, vec![ids[1]]);
+        assert!(shared.in_flight.overdue(past).is_empty());
     }
 }

@@ -6,7 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::RecvTimeoutError;
 
@@ -357,10 +357,10 @@ fn execute(shared: &Shared, standing: &mut Standing, job: &Job, admission: &Admi
         body_cap: shared.config.response_body_cap,
     };
     let started_at = shared.now();
-    let deadline = started_at
-        .saturating_add(call.timeout_ms as i64)
-        .saturating_add(shared.config.lease_ms);
-    let in_flight = shared.in_flight.start(job.id, deadline);
+    let deadline = Instant::now()
+        + Duration::from_millis(call.timeout_ms)
+        + Duration::from_millis(shared.config.lease_ms.max(0) as u64);
+    let in_flight = shared.in_flight.start(job.id, job.attempts, deadline);
     let (reply, elapsed) = http_call::send(&shared.agent, &call);
     drop(in_flight);
     let done_at = shared.now();
