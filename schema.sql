@@ -178,7 +178,7 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     request_hash TEXT    NOT NULL,
     job_id       INTEGER,
     created_at   INTEGER NOT NULL,
-    wait_until   INTEGER,                        -- the first call's Prefer: wait deadline; NULL: it did not wait (schema version 3)
+    first_status INTEGER,                        -- 200 when the first call waited (Prefer: wait) and was answered with the finished job; NULL: the create's 202 (schema version 3)
     PRIMARY KEY (account, key)
 );
 

@@ -41,6 +41,9 @@ pub struct Wait {
     pub kind: WaitKind,
     /// Extra headers for the answer (e.g. `Idempotent-Replayed`).
     pub headers: Vec<(String, String)>,
+    /// The (account, stored key) of the `Idempotency-Key` of the create this answers: a
+    /// 200 answer is noted with the key, so that replays answer 200 too.
+    pub key: Option<(String, String)>,
 }
 
 struct Parked {
@@ -153,6 +156,15 @@ impl Parking {
         };
         let mut reply = reply;
         reply.headers.extend(p.wait.headers);
+        if reply.status == 200 {
+            if let Some((account, key)) = p.wait.key {
+                // Noted in the writer's next batch: this thread answers every parked
+                // request and must not wait for a commit.
+                api.shared
+                    .writer
+                    .submit(move |c| crate::store::idempotency::answered(c, &account, &key, 200));
+            }
+        }
         if let Err(e) = self.out_tx.send((p.raw, reply)) {
             let (raw, reply) = e.into_inner();
             let _ = raw.respond(reply.into_response());

@@ -51,6 +51,20 @@ impl WriterHandle {
         }
     }
 
+    /// Runs `f` inside the writer's next batch without waiting for it: for a write whose
+    /// caller cannot wait and that may be lost with the process (it is logged if it fails).
+    pub fn submit(&self, f: impl FnOnce(&Connection) -> Result<()> + Send + 'static) {
+        let (tx, _) = bounded(1);
+        let exec: ExecFn = Box::new(move |c| {
+            f(c).map(|()| Box::new(()) as Boxed).inspect_err(|e| {
+                log::warn!("a write submitted without waiting failed: {e}");
+            })
+        });
+        if self.tx.send(WriteOp::Exec(exec, tx)).is_err() {
+            log::warn!("writer is gone: a write submitted without waiting is dropped");
+        }
+    }
+
     /// Runs `f` inside the writer's next batch and returns its result once the batch is
     /// committed: many concurrent callers share one commit.
     pub fn call<T: Send + 'static>(

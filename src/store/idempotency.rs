@@ -9,19 +9,20 @@ use crate::error::Result;
 /// How long a key is remembered.
 pub const KEEP_MS: i64 = 24 * 3600 * 1000;
 
-/// A remembered key: the hash of the body it came with, the job it created, and until
-/// when the first call waited for that job (`Prefer: wait`), if it did.
+/// A remembered key: the hash of the body it came with, the job (or operation) it
+/// created, and the status the first call was answered with when that was not the
+/// create's 202 (a 200 after `Prefer: wait`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRow {
     pub request_hash: String,
     pub job_id: Option<i64>,
-    pub wait_until: Option<i64>,
+    pub first_status: Option<u16>,
 }
 
 /// The key `key` of `account` if it was used at or after `now - KEEP_MS`.
 pub fn find(conn: &Connection, account: &str, key: &str, now: i64) -> Result<Option<KeyRow>> {
     let mut stmt = conn.prepare_cached(
-        "SELECT request_hash, job_id, wait_until FROM idempotency_keys
+        "SELECT request_hash, job_id, first_status FROM idempotency_keys
           WHERE account = :account AND key = :key AND created_at >= :since",
     )?;
     Ok(stmt
@@ -31,7 +32,7 @@ pub fn find(conn: &Connection, account: &str, key: &str, now: i64) -> Result<Opt
                 Ok(KeyRow {
                     request_hash: r.get(0)?,
                     job_id: r.get(1)?,
-                    wait_until: r.get(2)?,
+                    first_status: r.get(2)?,
                 })
             },
         )
@@ -39,7 +40,6 @@ pub fn find(conn: &Connection, account: &str, key: &str, now: i64) -> Result<Opt
 }
 
 /// Remembers `key` of `account` for the job `job_id`, replacing an expired row.
-/// `wait_until`: the first call's `Prefer: wait` deadline, if it asked to wait.
 pub fn remember(
     conn: &Connection,
     account: &str,
@@ -47,18 +47,26 @@ pub fn remember(
     request_hash: &str,
     job_id: i64,
     now: i64,
-    wait_until: Option<i64>,
 ) -> Result<()> {
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO idempotency_keys (account, key, request_hash, job_id, created_at, wait_until)
-         VALUES (:account, :key, :hash, :job, :now, :wait_until)
+        "INSERT INTO idempotency_keys (account, key, request_hash, job_id, created_at)
+         VALUES (:account, :key, :hash, :job, :now)
          ON CONFLICT (account, key) DO UPDATE SET request_hash = :hash, job_id = :job,
-             created_at = :now, wait_until = :wait_until",
+             created_at = :now, first_status = NULL",
     )?;
     stmt.execute(named_params! {
         ":account": account, ":key": key, ":hash": request_hash, ":job": job_id, ":now": now,
-        ":wait_until": wait_until,
     })?;
+    Ok(())
+}
+
+/// Notes that the first call with `key` of `account` was answered `status` (a 200 after
+/// `Prefer: wait`), so that its replays answer the same.
+pub fn answered(conn: &Connection, account: &str, key: &str, status: u16) -> Result<()> {
+    let mut stmt = conn.prepare_cached(
+        "UPDATE idempotency_keys SET first_status = ?3 WHERE account = ?1 AND key = ?2",
+    )?;
+    stmt.execute(rusqlite::params![account, key, status])?;
     Ok(())
 }
 
@@ -71,25 +79,20 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(include_str!("../../schema.sql"))
             .unwrap();
-        remember(&conn, "acme", "k1", "h1", 7, 1_000, None).unwrap();
+        remember(&conn, "acme", "k1", "h1", 7, 1_000).unwrap();
         let row = find(&conn, "acme", "k1", 1_000 + KEEP_MS).unwrap().unwrap();
         assert_eq!(row.job_id, Some(7));
         assert_eq!(row.request_hash, "h1");
-        assert_eq!(row.wait_until, None);
+        assert_eq!(row.first_status, None);
+        answered(&conn, "acme", "k1", 200).unwrap();
+        let row = find(&conn, "acme", "k1", 1_000).unwrap().unwrap();
+        assert_eq!(row.first_status, Some(200));
         assert_eq!(find(&conn, "acme", "k1", 1_001 + KEEP_MS).unwrap(), None);
         assert_eq!(find(&conn, "other", "k1", 1_000).unwrap(), None);
-        remember(
-            &conn,
-            "acme",
-            "k1",
-            "h2",
-            8,
-            2_000 + KEEP_MS,
-            Some(9_000 + KEEP_MS),
-        )
-        .unwrap();
+        // An expired key used again starts over: its first answer is the new one's.
+        remember(&conn, "acme", "k1", "h2", 8, 2_000 + KEEP_MS).unwrap();
         let row = find(&conn, "acme", "k1", 2_000 + KEEP_MS).unwrap().unwrap();
         assert_eq!(row.job_id, Some(8));
-        assert_eq!(row.wait_until, Some(9_000 + KEEP_MS));
+        assert_eq!(row.first_status, None);
     }
 }

@@ -17,9 +17,9 @@ const UPGRADES: &[&str] = &[
     // 1 -> 2: the transition trigger is rewritten as a CASE (same table, cheaper); the
     // old one goes, schema.sql creates the new one.
     "DROP TRIGGER IF EXISTS jobs_state_transition;",
-    // 2 -> 3: a replayed Idempotency-Key answers 200 when the first call waited for the
-    // job and got it finished.
-    "ALTER TABLE idempotency_keys ADD COLUMN wait_until INTEGER;",
+    // 2 -> 3: a replayed Idempotency-Key answers 200 when the first call was answered
+    // 200 (it waited and saw the job or operation finish).
+    "ALTER TABLE idempotency_keys ADD COLUMN first_status INTEGER;",
 ];
 
 /// Brings the database to [`SCHEMA_VERSION`] in one immediate transaction, so two

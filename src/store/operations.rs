@@ -182,21 +182,6 @@ pub fn state(conn: &Connection, op: &Operation) -> Result<OpState> {
     })
 }
 
-/// When the operation stopped running (its last step succeeded, or its current step was
-/// held or canceled), or None while it runs.
-pub fn ended_at(conn: &Connection, op: &Operation) -> Result<Option<i64>> {
-    Ok(match state(conn, op)? {
-        OpState::Running => None,
-        OpState::Succeeded => Some(op.updated_at),
-        OpState::Held | OpState::Canceled => Some(
-            current_job(conn, op)?
-                .map(|j| j.updated_at)
-                .unwrap_or(op.updated_at)
-                .max(op.updated_at),
-        ),
-    })
-}
-
 /// Records that step `index` succeeded with `result`: moves the recovery point and inserts
 /// the next step's job, in the caller's transaction. A step already recorded is ignored.
 pub fn step_succeeded(

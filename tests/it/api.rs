@@ -993,13 +993,24 @@ fn beyond_the_parked_wait_cap_a_poll_answers_503_and_an_enqueue_answers_202_at_o
     // ...while an enqueue, whose job is already written, answers 202 at once instead of
     // an error a client would retry into a duplicate.
     let jobs_before = api.jobs();
-    let third = api.post_with("/v1/jobs", &[("Prefer", "wait=20")], &body);
+    let keyed = [("Prefer", "wait=20"), ("Idempotency-Key", "over-the-cap")];
+    let third = api.post_with("/v1/jobs", &keyed, &body);
     assert_eq!(third.status, 202, "{}", third.body);
     assert!(third.json()["token"].is_string());
     assert_eq!(api.jobs(), jobs_before + 1);
     for w in waits {
         assert_eq!(w.join().unwrap().status, 200);
     }
+    // Its replay, once the job has finished within the wait it asked for, is still that
+    // first 202: what was answered is kept with the key, not inferred from the wait.
+    let id: i64 = third.json()["id"].as_str().unwrap().parse().unwrap();
+    wait_for(20, "the third job to succeed", || {
+        api.env.state(id) == "succeeded"
+    });
+    let again = api.post_with("/v1/jobs", &[("Idempotency-Key", "over-the-cap")], &body);
+    assert_eq!(again.status, 202, "{}", again.body);
+    assert_eq!(again.header("idempotent-replayed"), Some("true"));
+    assert_eq!(again.json()["id"], third.json()["id"]);
 }
 
 fn json_body(url: &str) -> Value {

@@ -148,11 +148,11 @@ fn reopened_at_the_current_version(path: &std::path::Path) -> Store {
 }
 
 /// What schema version 2 did not have yet.
-const WITHOUT_V3: &str = "ALTER TABLE idempotency_keys DROP COLUMN wait_until;";
+const WITHOUT_V3: &str = "ALTER TABLE idempotency_keys DROP COLUMN first_status;";
 
 /// The transition trigger as schema version 1 wrote it (and nothing of version 3).
 const TRIGGER_V1: &str = "
-ALTER TABLE idempotency_keys DROP COLUMN wait_until;
+ALTER TABLE idempotency_keys DROP COLUMN first_status;
 DROP TRIGGER jobs_state_transition;
 CREATE TRIGGER jobs_state_transition
 BEFORE UPDATE OF state ON jobs
@@ -225,7 +225,7 @@ fn a_version_2_database_gets_the_idempotency_wait_column_and_keeps_its_keys() {
     let row = errand::store::idempotency::find(&conn, "acme", "k", 1000)
         .unwrap()
         .expect("the key survives the upgrade");
-    assert_eq!((row.job_id, row.wait_until), (Some(7), None));
+    assert_eq!((row.job_id, row.first_status), (Some(7), None));
 }
 
 #[test]

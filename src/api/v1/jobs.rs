@@ -81,6 +81,7 @@ fn reply_or_wait(
             deadline: Instant::now() + d,
             kind,
             headers,
+            key: None,
         });
     }
     let mut reply = match kind {
@@ -95,11 +96,31 @@ fn read(api: &Api, id: i64) -> Result<Job> {
     jobs::get(&*api.shared.store.read()?, id)
 }
 
+/// Notes how the first call with an `Idempotency-Key` (`account`, stored `key`) is
+/// answered, so that its replays answer the same: a 200 given now is written before it
+/// is sent; a parked wait carries the key, and its answer is noted if it is a 200.
+pub(crate) fn note_first_answer(api: &Api, answer: Answer, account: String, key: String) -> Answer {
+    match answer {
+        Answer::Wait(mut wait) => {
+            wait.key = Some((account, key));
+            Answer::Wait(wait)
+        }
+        Answer::Reply(reply) if reply.status == 200 => {
+            if let Err(e) = write(api, move |c| idempotency::answered(c, &account, &key, 200)) {
+                log::warn!("noting an Idempotency-Key's first answer: {e}");
+            }
+            Answer::Reply(reply)
+        }
+        other => other,
+    }
+}
+
 /// What an enqueue with an `Idempotency-Key` found.
 enum Keyed {
     Created(i64),
-    /// The job the key created (None: pruned since), and the first call's wait deadline.
-    Replay(Option<i64>, Option<i64>),
+    /// The job the key created (None: pruned since), and the first call's status when it
+    /// was not the create's 202.
+    Replay(Option<i64>, Option<u16>),
     Mismatch,
 }
 
@@ -153,11 +174,11 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
     };
     let hash = format!("{:x}", Sha256::digest(body.to_string().as_bytes()));
     let account = job.account.clone();
-    let wait_until = prefer_wait(req).map(|d| now.saturating_add(d.as_millis() as i64));
+    let first = (account.clone(), key.clone());
     let outcome = write(api, move |c| {
         if let Some(row) = idempotency::find(c, &account, &key, now)? {
             return Ok(if row.request_hash == hash {
-                Keyed::Replay(row.job_id, row.wait_until)
+                Keyed::Replay(row.job_id, row.first_status)
             } else {
                 Keyed::Mismatch
             });
@@ -166,7 +187,7 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
         // call's clock, which accepted it.
         job.check_expiry(now)?;
         let ins = jobs::insert(c, &job, now)?;
-        idempotency::remember(c, &account, &key, &hash, ins.id, now, wait_until)?;
+        idempotency::remember(c, &account, &key, &hash, ins.id, now)?;
         Ok(Keyed::Created(ins.id))
     });
     let replayed = vec![("Idempotent-Replayed".to_string(), "true".to_string())];
@@ -176,19 +197,17 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
         Ok(Keyed::Created(id)) => match read(api, id) {
             Ok(job) => {
                 api.shared.wake();
-                reply_or_wait(api, req, WaitKind::Created, &job, Vec::new())
+                let answer = reply_or_wait(api, req, WaitKind::Created, &job, Vec::new());
+                note_first_answer(api, answer, first.0, first.1)
             }
             Err(e) => Reply::from_error(&e).into(),
         },
-        Ok(Keyed::Replay(Some(id), first_wait)) => match read(api, id) {
-            // The first call waited and the job was over within its wait: it answered
-            // 200 with the finished job, and so does its replay.
-            Ok(job)
-                if prefer_wait(req).is_none()
-                    && !job.state.is_pending()
-                    && first_wait.is_some_and(|until| job.updated_at <= until) =>
-            {
-                let mut reply = wait_reply(api, WaitKind::Created, &job);
+        Ok(Keyed::Replay(Some(id), first_status)) => match read(api, id) {
+            // The first call waited and was answered 200 with the finished job: so is its
+            // replay, with the job as it is now.
+            Ok(job) if prefer_wait(req).is_none() && first_status == Some(200) => {
+                let mut reply = Reply::json(200, &job.to_json())
+                    .header("Location", &format!("/v1/jobs/{}", job.id));
                 reply.headers.extend(replayed);
                 reply.into()
             }

@@ -51,6 +51,18 @@ fn created_answer(op: &Operation) -> Reply {
     .header("Location", &format!("/v1/operations/{}", op.id))
 }
 
+/// 200 with the operation as it is now (a replay of a create first answered 200).
+fn finished_answer(api: &Api, id: i64) -> Reply {
+    let v = api.shared.store.read().and_then(|conn| {
+        let op = operations::get(&conn, id)?;
+        operations::to_json(&conn, &op)
+    });
+    match v {
+        Ok(v) => Reply::json(200, &v).header("Location", &format!("/v1/operations/{id}")),
+        Err(e) => Reply::from_error(&e),
+    }
+}
+
 /// 200 with the operation once it is no longer running; else 202 (with id, token and
 /// status_url for a create, with the operation and `Retry-After` for a poll).
 pub(crate) fn wait_reply(api: &Api, id: i64, created: bool) -> Reply {
@@ -85,6 +97,7 @@ fn reply_or_wait(
                 deadline: Instant::now() + d,
                 kind: WaitKind::Operation { op_id: id, created },
                 headers,
+                key: None,
             });
         }
     }
@@ -117,21 +130,21 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
     };
     let hash = format!("{:x}", Sha256::digest(body.to_string().as_bytes()));
     let acc = account.clone();
-    let wait_until = prefer_wait(req).map(|d| now.saturating_add(d.as_millis() as i64));
-    // (operation id, Some(the first call's wait deadline) if replayed), or None for a key
-    // reused with another body.
+    let stored_key = key.as_ref().map(|k| format!("{KEY_PREFIX}{k}"));
+    let first = stored_key.clone().map(|k| (account.clone(), k));
+    // (operation id, Some(the first call's status when it was not the create's 202) if
+    // replayed), or None for a key reused with another body.
     let r = write(api, move |c| {
-        if let Some(k) = &key {
-            let stored = format!("{KEY_PREFIX}{k}");
-            if let Some(row) = idempotency::find(c, &acc, &stored, now)? {
+        if let Some(stored) = &stored_key {
+            if let Some(row) = idempotency::find(c, &acc, stored, now)? {
                 return Ok(if row.request_hash == hash {
-                    row.job_id.map(|id| (id, Some(row.wait_until)))
+                    row.job_id.map(|id| (id, Some(row.first_status)))
                 } else {
                     None
                 });
             }
             let ins = operations::create(c, &acc, &steps, now)?;
-            idempotency::remember(c, &acc, &stored, &hash, ins.id, now, wait_until)?;
+            idempotency::remember(c, &acc, stored, &hash, ins.id, now)?;
             return Ok(Some((ins.id, None)));
         }
         Ok(Some((operations::create(c, &acc, &steps, now)?.id, None)))
@@ -140,36 +153,37 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
     match r {
         Err(e) => Reply::from_error(&e).into(),
         Ok(None) => key_reused().into(),
-        Ok(Some((id, Some(first_wait)))) => {
+        Ok(Some((id, Some(first_status)))) => {
             let replayed = ("Idempotent-Replayed".to_string(), "true".to_string());
             if prefer_wait(req).is_some() {
                 return reply_or_wait(api, req, id, true, vec![replayed]);
             }
             // The first answer again, whatever the operation has done since: 200 with the
-            // operation if the first call waited and it was over within that wait, else
-            // the 202 of the create.
-            let first = api.shared.store.read().and_then(|c| {
-                let op = operations::get(&c, id)?;
-                let ended = operations::ended_at(&c, &op)?;
-                Ok((op, ended))
-            });
-            match first {
-                Ok((_, Some(ended))) if first_wait.is_some_and(|until| ended <= until) => {
-                    let mut reply = wait_reply(api, id, true);
-                    reply.headers.push(replayed);
-                    reply.into()
+            // operation if the first call waited and was answered 200, else the create's
+            // 202.
+            let mut reply = if first_status == Some(200) {
+                finished_answer(api, id)
+            } else {
+                match api
+                    .shared
+                    .store
+                    .read()
+                    .and_then(|c| operations::get(&c, id))
+                {
+                    Ok(op) => created_answer(&op),
+                    Err(e) => Reply::from_error(&e),
                 }
-                Ok((op, _)) => {
-                    let mut reply = created_answer(&op);
-                    reply.headers.push(replayed);
-                    reply.into()
-                }
-                Err(e) => Reply::from_error(&e).into(),
-            }
+            };
+            reply.headers.push(replayed);
+            reply.into()
         }
         Ok(Some((id, None))) => {
             api.shared.wake();
-            reply_or_wait(api, req, id, true, Vec::new())
+            let answer = reply_or_wait(api, req, id, true, Vec::new());
+            match first {
+                Some((account, key)) => super::jobs::note_first_answer(api, answer, account, key),
+                None => answer,
+            }
         }
     }
 }
