@@ -138,6 +138,17 @@ fn login(base: &str, token: &str) -> String {
     set.split(';').next().unwrap().to_string()
 }
 
+/// The `Cookie` header value for the session an answer's `Set-Cookie` opened (the page
+/// opens one without a login when no API token is set).
+fn session_cookie(a: &Answer) -> String {
+    a.header("set-cookie")
+        .expect("a session cookie")
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
+}
+
 /// The CSRF token in a page's forms.
 fn csrf_of(html: &str) -> String {
     let at = html
@@ -584,13 +595,7 @@ fn retry_held_retries_jobs_held_for_review_and_leaves_drafts_awaiting_approval()
         ..errand::spec::NewJob::get("acme", &p.url("/awaiting"))
     });
     let page = call("GET", &e.url("/admin"), &[], "");
-    let cookie = page
-        .header("set-cookie")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = session_cookie(&page);
     let r = call(
         "POST",
         &e.url("/admin/bulk-retry"),
@@ -619,13 +624,7 @@ fn without_a_token_the_page_is_open_but_posts_still_need_the_csrf_token() {
     });
     let a = call("GET", &e.url("/admin"), &[], "");
     assert_eq!(a.status, 200);
-    let cookie = a
-        .header("set-cookie")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = session_cookie(&a);
     let csrf = csrf_of(&a.body);
     let action = e.url(&format!("/admin/jobs/{id}/approve"));
     assert_eq!(
@@ -1083,13 +1082,7 @@ fn operations_list_pages_by_id_without_a_count() {
         })
         .collect();
     let first = call("GET", &e.url("/admin/operations"), &[], "");
-    let cookie = first
-        .header("set-cookie")
-        .unwrap()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let cookie = session_cookie(&first);
     assert_eq!(first.body.matches("<tr class=\"op\"").count(), 50);
     assert!(first.body.contains(&format!("data-id=\"{}\"", ids[50])));
     assert!(!first.body.contains(&format!("data-id=\"{}\"", ids[0])));
