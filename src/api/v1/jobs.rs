@@ -55,13 +55,16 @@ fn polled(api: &Api, job: &Job) -> Reply {
     }
 }
 
+/// A create answered with the job (it waited and saw it finish): 200 and `Location`.
+fn finished(job: &Job) -> Reply {
+    Reply::json(200, &job.to_json()).header("Location", &format!("/v1/jobs/{}", job.id))
+}
+
 /// The answer to a request that waited (or would have) for `job`.
 pub(crate) fn wait_reply(api: &Api, kind: WaitKind, job: &Job) -> Reply {
     match kind {
         WaitKind::Created if job.state.is_pending() => created(job),
-        WaitKind::Created => {
-            Reply::json(200, &job.to_json()).header("Location", &format!("/v1/jobs/{}", job.id))
-        }
+        WaitKind::Created => finished(job),
         WaitKind::Poll | WaitKind::Operation { .. } => polled(api, job),
     }
 }
@@ -94,25 +97,6 @@ fn reply_or_wait(
 
 fn read(api: &Api, id: i64) -> Result<Job> {
     jobs::get(&*api.shared.store.read()?, id)
-}
-
-/// Notes how the first call with an `Idempotency-Key` (`account`, stored `key`) is
-/// answered, so that its replays answer the same: a 200 given now is written before it
-/// is sent; a parked wait carries the key, and its answer is noted if it is a 200.
-pub(crate) fn note_first_answer(api: &Api, answer: Answer, account: String, key: String) -> Answer {
-    match answer {
-        Answer::Wait(mut wait) => {
-            wait.key = Some((account, key));
-            Answer::Wait(wait)
-        }
-        Answer::Reply(reply) if reply.status == 200 => {
-            if let Err(e) = write(api, move |c| idempotency::answered(c, &account, &key, 200)) {
-                log::warn!("noting an Idempotency-Key's first answer: {e}");
-            }
-            Answer::Reply(reply)
-        }
-        other => other,
-    }
 }
 
 /// What an enqueue with an `Idempotency-Key` found.
@@ -198,7 +182,7 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
             Ok(job) => {
                 api.shared.wake();
                 let answer = reply_or_wait(api, req, WaitKind::Created, &job, Vec::new());
-                note_first_answer(api, answer, first.0, first.1)
+                super::note_first_answer(api, answer, first.0, first.1)
             }
             Err(e) => Reply::from_error(&e).into(),
         },
@@ -206,8 +190,7 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
             // The first call waited and was answered 200 with the finished job: so is its
             // replay, with the job as it is now.
             Ok(job) if prefer_wait(req).is_none() && first_status == Some(200) => {
-                let mut reply = Reply::json(200, &job.to_json())
-                    .header("Location", &format!("/v1/jobs/{}", job.id));
+                let mut reply = finished(&job);
                 reply.headers.extend(replayed);
                 reply.into()
             }

@@ -123,6 +123,27 @@ pub(crate) fn idempotency_key(req: &Req) -> std::result::Result<Option<String>, 
     }
 }
 
+/// Notes how the first call with an `Idempotency-Key` (`account`, stored `key`) is
+/// answered, so that its replays answer the same: a 200 given now is written before it
+/// is sent; a parked wait carries the key, and its answer is noted if it is a 200.
+pub(crate) fn note_first_answer(api: &Api, answer: Answer, account: String, key: String) -> Answer {
+    match answer {
+        Answer::Wait(mut wait) => {
+            wait.key = Some((account, key));
+            Answer::Wait(wait)
+        }
+        Answer::Reply(reply) if reply.status == 200 => {
+            if let Err(e) = write(api, move |c| {
+                crate::store::idempotency::answered(c, &account, &key, 200)
+            }) {
+                log::warn!("noting an Idempotency-Key's first answer: {e}");
+            }
+            Answer::Reply(reply)
+        }
+        other => other,
+    }
+}
+
 /// 409: a request with the same key is still being written.
 pub(crate) fn key_in_use() -> Reply {
     Reply::error(

@@ -51,6 +51,12 @@ fn created_answer(op: &Operation) -> Reply {
     .header("Location", &format!("/v1/operations/{}", op.id))
 }
 
+/// A create answered with the operation `v` (it waited and saw it finish): 200 and
+/// `Location`.
+fn finished(id: i64, v: &Value) -> Reply {
+    Reply::json(200, v).header("Location", &format!("/v1/operations/{id}"))
+}
+
 /// 200 with the operation as it is now (a replay of a create first answered 200).
 fn finished_answer(api: &Api, id: i64) -> Reply {
     let v = api.shared.store.read().and_then(|conn| {
@@ -58,7 +64,7 @@ fn finished_answer(api: &Api, id: i64) -> Reply {
         operations::to_json(&conn, &op)
     });
     match v {
-        Ok(v) => Reply::json(200, &v).header("Location", &format!("/v1/operations/{id}")),
+        Ok(v) => finished(id, &v),
         Err(e) => Reply::from_error(&e),
     }
 }
@@ -76,9 +82,7 @@ pub(crate) fn wait_reply(api: &Api, id: i64, created: bool) -> Reply {
         Err(e) => Reply::from_error(&e),
         Ok((_, OpState::Running, op)) if created => created_answer(&op),
         Ok((v, OpState::Running, _)) => Reply::json(202, &v).header("Retry-After", "1"),
-        Ok((v, _, op)) if created => {
-            Reply::json(200, &v).header("Location", &format!("/v1/operations/{}", op.id))
-        }
+        Ok((v, _, op)) if created => finished(op.id, &v),
         Ok((v, _, _)) => Reply::json(200, &v),
     }
 }
@@ -181,7 +185,7 @@ pub fn create(api: &Api, req: &Req, _: &Params) -> Answer {
             api.shared.wake();
             let answer = reply_or_wait(api, req, id, true, Vec::new());
             match first {
-                Some((account, key)) => super::jobs::note_first_answer(api, answer, account, key),
+                Some((account, key)) => super::note_first_answer(api, answer, account, key),
                 None => answer,
             }
         }
