@@ -208,9 +208,8 @@ impl Store {
     /// Copies what the WAL holds into the database file without waiting for or blocking
     /// the writer or any reader (`wal_checkpoint(PASSIVE)`, on a read connection), so the
     /// writer's commits need not do it. Returns the WAL's frames and how many of them are
-    /// now in the file.
-    /// None, without waiting, when every read connection is in use: the next call will
-    /// do it (the writer's own backstop bounds the WAL meanwhile).
+    /// now in the file; None, without waiting, when every read connection is in use (the
+    /// next call will do it, and the writer's own backstop bounds the WAL meanwhile).
     pub fn checkpoint(&self) -> Result<Option<(i64, i64)>> {
         let Some(conn) = self.pool.try_get() else {
             return Ok(None);
@@ -318,4 +317,27 @@ pub(crate) fn placeholders(n: usize) -> String {
         s.push('?');
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_copies_the_wal_or_skips_at_once_when_no_read_connection_is_free() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path().join("c.db"), Synchronous::Normal).expect("store");
+        store
+            .write(|tx| Ok(tx.execute_batch("INSERT INTO settings VALUES ('k', 'v')")?))
+            .expect("write");
+        let (frames, copied) = store.checkpoint().expect("checkpoint").expect("ran");
+        assert!(frames > 0 && copied == frames, "{frames} {copied}");
+        // Every read connection busy: no wait for one (the pool's timeout is 30 s).
+        let held: Vec<_> = (0..READ_CONNECTIONS)
+            .map(|_| store.read().expect("read"))
+            .collect();
+        assert_eq!(store.checkpoint().expect("checkpoint"), None);
+        drop(held);
+        assert!(store.checkpoint().expect("checkpoint").is_some());
+    }
 }
