@@ -15,7 +15,7 @@
 
 use std::time::Instant;
 
-use errand::job::JobResult;
+use errand::job::{Job, JobResult};
 use errand::spec::NewJob;
 use errand::store::attempts::{AttemptRecord, Outcome};
 use errand::store::engine::{self, Finished, Next};
@@ -36,7 +36,9 @@ fn job() -> NewJob {
     j
 }
 
-fn finished(id: i64, attempt: i64, owner: &str, now: i64) -> Finished {
+/// What a worker hands the writer for a 200 to a claimed `job`: the outcome and its
+/// audit row.
+fn finished(job: &Job, now: i64) -> Finished {
     let headers = vec![
         ("content-type".to_string(), "application/json".to_string()),
         ("content-length".to_string(), "11".to_string()),
@@ -46,48 +48,35 @@ fn finished(id: i64, attempt: i64, owner: &str, now: i64) -> Finished {
         ),
     ];
     let body = br#"{"ok":true}"#.to_vec();
-    Finished {
-        job_id: id,
-        account: "acme".into(),
-        provider: "default".into(),
-        lease_owner: owner.into(),
-        attempt,
-        next: Next::Succeed(JobResult {
-            status: 200,
-            headers: headers.clone(),
-            body: body.clone(),
-            truncated: false,
-        }),
+    let result = JobResult {
+        status: 200,
+        headers: headers.clone(),
+        body: body.clone(),
+        truncated: false,
+    };
+    let mut f = Finished::for_job(job, Next::Succeed(result), None, true);
+    f.record = Some(AttemptRecord {
+        job_id: job.id,
+        attempt: job.attempts,
+        started_at: now,
+        duration_ms: 0,
+        outcome: Outcome::Success,
+        ambiguous: false,
+        request_method: job.method.clone(),
+        request_url: job.url.clone(),
+        request_headers: vec![
+            ("Content-Type".into(), "application/json".into()),
+            ("Idempotency-Key".into(), format!("errand-{}", job.id)),
+        ],
+        request_body: job.body.clone(),
+        response_status: Some(200),
+        response_headers: Some(headers),
+        response_body: Some(body),
+        response_truncated: false,
         error: None,
-        counted: true,
-        record: Some(AttemptRecord {
-            job_id: id,
-            attempt,
-            started_at: now,
-            duration_ms: 0,
-            outcome: Outcome::Success,
-            ambiguous: false,
-            request_method: "POST".into(),
-            request_url: "http://127.0.0.1:40000/bench".into(),
-            request_headers: vec![
-                ("Content-Type".into(), "application/json".into()),
-                ("Idempotency-Key".into(), format!("errand-{id}")),
-            ],
-            request_body: Some(br#"{"to":"a@example.com","subject":"hello"}"#.to_vec()),
-            response_status: Some(200),
-            response_headers: Some(headers),
-            response_body: Some(body),
-            response_truncated: false,
-            error: None,
-            runner: format!("{owner}:3"),
-        }),
-        notices: Vec::new(),
-        triage: None,
-        invalidate_credential: None,
-        operation: None,
-        disable_subscription: None,
-        callback_url: None,
-    }
+        runner: format!("{}:3", f.lease_owner),
+    });
+    f
 }
 
 /// Microseconds per job for (whole lifecycle, claim alone, record alone).
@@ -107,8 +96,9 @@ fn run(jobs_n: usize, batch: usize, history: usize) -> errand::Result<(f64, f64,
         let tx = conn.transaction()?;
         for _ in 0..history {
             let id = jobs::insert(&tx, &job(), now)?.id;
-            engine::claim(&tx, &[id], owner, now + 60_000, now)?;
-            engine::record(&tx, &finished(id, 1, owner, now), now)?;
+            for j in engine::claim(&tx, &[id], owner, now + 60_000, now)? {
+                engine::record(&tx, &finished(&j, now), now)?;
+            }
         }
         for _ in 0..jobs_n {
             jobs::insert(&tx, &job(), now)?;
@@ -134,7 +124,7 @@ fn run(jobs_n: usize, batch: usize, history: usize) -> errand::Result<(f64, f64,
         claim_time += t.elapsed().as_secs_f64();
         let t = Instant::now();
         for j in &claimed {
-            engine::record(&tx, &finished(j.id, j.attempts, owner, now), now)?;
+            engine::record(&tx, &finished(j, now), now)?;
         }
         record_time += t.elapsed().as_secs_f64();
         tx.commit()?;

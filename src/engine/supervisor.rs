@@ -220,23 +220,9 @@ pub fn reap_once(shared: &Shared, now: i64) -> Result<usize> {
                 now,
                 crate::rand::unit(),
             );
-            let f = Finished {
-                job_id: job.id,
-                account: job.account.clone(),
-                provider: job.provider.clone(),
-                lease_owner: job.lease_owner.clone().unwrap_or_default(),
-                attempt: job.attempts,
-                next: d.next,
-                error: d.error,
-                counted: true,
-                record: Some(engine::lost_record(job, now)),
-                notices: d.notices,
-                triage: None,
-                invalidate_credential: None,
-                operation: None,
-                disable_subscription: None,
-                callback_url: job.callback_url.clone(),
-            };
+            let mut f = Finished::for_job(job, d.next, d.error, true);
+            f.record = Some(engine::lost_record(job, now));
+            f.notices = d.notices;
             if engine::record(tx, &f, now)? {
                 taken += 1;
             }

@@ -74,26 +74,6 @@ fn run(shared: &Shared) {
     }
 }
 
-pub(super) fn base(job: &Job, next: Next, error: Option<JobError>, counted: bool) -> Finished {
-    Finished {
-        job_id: job.id,
-        account: job.account.clone(),
-        provider: job.provider.clone(),
-        lease_owner: job.lease_owner.clone().unwrap_or_default(),
-        attempt: job.attempts,
-        next,
-        error,
-        counted,
-        record: None,
-        notices: Vec::new(),
-        triage: None,
-        invalidate_credential: None,
-        operation: job.operation_id.zip(job.step_index),
-        disable_subscription: None,
-        callback_url: job.callback_url.clone(),
-    }
-}
-
 fn job_error(category: &str, reason: &str, message: &str) -> Option<JobError> {
     Some(JobError {
         category: category.to_string(),
@@ -105,12 +85,12 @@ fn job_error(category: &str, reason: &str, message: &str) -> Option<JobError> {
 /// Puts a claimed job back unchanged: no request was sent, no attempt is counted.
 pub(super) fn release(job: &Job, why: &str) -> Finished {
     log::debug!("job {}: released ({why})", job.id);
-    base(job, Next::Release, None, false)
+    Finished::for_job(job, Next::Release, None, false)
 }
 
 /// Cancels a job at preflight: no request was sent.
 fn refuse(job: &Job, reason: &str, message: &str) -> Finished {
-    base(
+    Finished::for_job(
         job,
         Next::Cancel,
         job_error("preflight", reason, message),
@@ -119,7 +99,7 @@ fn refuse(job: &Job, reason: &str, message: &str) -> Finished {
 }
 
 fn internal_error(job: &Job) -> Finished {
-    let mut f = base(
+    let mut f = Finished::for_job(
         job,
         Next::Hold,
         job_error(
@@ -464,7 +444,7 @@ fn execute(shared: &Shared, standing: &mut Standing, job: &Job, admission: &Admi
             ),
         )
     });
-    let mut f = base(job, decision.next, decision.error, true);
+    let mut f = Finished::for_job(job, decision.next, decision.error, true);
     // A subscriber that answers 410 Gone does not want deliveries any more.
     if job
         .signing_key

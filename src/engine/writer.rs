@@ -384,7 +384,7 @@ mod tests {
             .expect("claim")
     }
 
-    /// The outcome a worker hands over for a 200: the worker's own constructor, with the
+    /// The outcome a worker hands over for a 200: the constructor workers use, with the
     /// audit row of the request.
     fn success(job: &Job) -> Finished {
         let ok = JobResult {
@@ -393,7 +393,7 @@ mod tests {
             body: b"ok".to_vec(),
             truncated: false,
         };
-        let mut f = super::super::worker::base(job, Next::Succeed(ok), None, true);
+        let mut f = Finished::for_job(job, Next::Succeed(ok), None, true);
         f.record = Some(AttemptRecord {
             job_id: job.id,
             attempt: job.attempts,

@@ -190,6 +190,31 @@ pub struct Finished {
     pub callback_url: Option<String>,
 }
 
+impl Finished {
+    /// The outcome of `job`'s current attempt, guarded by the lease and attempt it was
+    /// claimed with, carrying its operation step and callback, with no audit row and no
+    /// side effects yet (set them on the result).
+    pub fn for_job(job: &Job, next: Next, error: Option<JobError>, counted: bool) -> Finished {
+        Finished {
+            job_id: job.id,
+            account: job.account.clone(),
+            provider: job.provider.clone(),
+            lease_owner: job.lease_owner.clone().unwrap_or_default(),
+            attempt: job.attempts,
+            next,
+            error,
+            counted,
+            record: None,
+            notices: Vec::new(),
+            triage: None,
+            invalidate_credential: None,
+            operation: job.operation_id.zip(job.step_index),
+            disable_subscription: None,
+            callback_url: job.callback_url.clone(),
+        }
+    }
+}
+
 /// Enqueues the callback of job `id` (state `to`) to `url`, in the outcome's transaction.
 fn enqueue_callback(conn: &Connection, id: i64, attempt: i64, url: &str, now: i64) -> Result<()> {
     let job = super::jobs::get(conn, id)?;
